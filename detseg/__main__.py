@@ -1,0 +1,3 @@
+from detseg.cli import main
+
+main()

@@ -1,0 +1,9 @@
+"""`detseg data`: registered by `register(app)`; owned by the data work."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the top-level app (none yet)."""

@@ -1,0 +1,9 @@
+"""`detseg export`: registered by `register(app)`; owned by the export work."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the top-level app (none yet)."""

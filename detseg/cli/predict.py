@@ -1,0 +1,9 @@
+"""`detseg predict`: registered by `register(app)`; owned by the predict work."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the top-level app (none yet)."""
