@@ -1,0 +1,165 @@
+"""SAM on CPU: detseg's onnxruntime predictor against segment-anything's PyTorch predictor.
+
+Same model, same image, same prompts. For each architecture it exports the model with
+`detseg.weights.export_sam.export_sam` (parity report included: the numbers below are only
+printed when parity passed) and measures:
+
+- **encoder**: `set_image(image)` end to end (resize, normalise, pad, image encoder), the
+  embedding cache cleared before each detseg call so that the encoder really runs;
+- **click**: one `predict()` with one positive point, multimask output, masks at the
+  original resolution (prompt encoder, mask decoder, upscaling, threshold).
+
+Architectures: `small` (`build_sam_small()` defaults: 256 px input, a 2-block ViT of width 96)
+and `vit_b` (the official ViT-B at 1024 px, random weights: the cost does not depend on the
+weights). Each figure is the best of `--repeat` runs (the machine is shared; the best run is
+the least disturbed one), runs of the two predictors interleaved. Printed: milliseconds and
+the ratio torch/detseg (> 1: detseg is faster).
+
+    .venv/bin/python bench/bench_sam.py [--archs small,vit_b] [--repeat 5] [--clicks 20] [--threads 1]
+        [--append]
+
+`--append` adds the table to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from segment_anything import SamPredictor as TorchSamPredictor
+
+from detseg.pipeline.sam import SamPredictor
+from detseg.weights.export_sam import export_sam
+from detseg.weights.sam_arch import build_sam_official, build_sam_small
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT.parent / "shared" / "assets" / "coco-val-11" / "images" / "000000000139.jpg"
+
+
+def load_image() -> tuple[np.ndarray, str]:
+    if IMAGE.is_file():
+        return np.asarray(Image.open(IMAGE).convert("RGB")), f"COCO {IMAGE.name}"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (426, 640, 3), dtype=np.uint8), "random 640x426"
+
+
+def best_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def bench_arch(
+    name: str, image: np.ndarray, repeat: int, clicks: int, threads: int
+) -> dict[str, float]:
+    torch.manual_seed(0)
+    sam = build_sam_small() if name == "small" else build_sam_official(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = export_sam(None, name, Path(tmp), model=sam)
+        export_s = time.perf_counter() - start
+        if not result.passed:
+            sys.exit(f"bench_sam: parity failed for {name}, see {result.report_path}")
+        ours = SamPredictor.load(
+            result.encoder_path, result.decoder_path, device="cpu", threads=threads
+        )
+        ref = TorchSamPredictor(sam)
+
+        def ours_encode() -> None:
+            ours.clear_cache()
+            ours.set_image(image)
+
+        with torch.no_grad():
+            ref.set_image(image)  # warm-up
+            ours_encode()
+            enc_torch, enc_ours = [], []
+            for _ in range(repeat):
+                enc_torch.append(best_ms(lambda: ref.set_image(image), 1))
+                enc_ours.append(best_ms(ours_encode, 1))
+
+            h, w = image.shape[:2]
+            rng = np.random.default_rng(1)
+            points = rng.uniform((0, 0), (w, h), size=(clicks, 1, 2))
+            label = np.array([1])
+            click_torch, click_ours = [], []
+            for point in points:
+                click_torch.append(best_ms(lambda p=point: ref.predict(p, label), 1))
+                click_ours.append(best_ms(lambda p=point: ours.predict(p, label), 1))
+    return {
+        "export_s": export_s,
+        "worst_raw": result.report["worst_raw"]["max_abs_diff"],
+        "min_iou": result.report["min_mask_iou"],
+        "enc_torch": min(enc_torch),
+        "enc_ours": min(enc_ours),
+        "click_torch": float(np.median(click_torch)),
+        "click_ours": float(np.median(click_ours)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="small,vit_b")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads for both torch and onnxruntime"
+    )
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    image, image_name = load_image()
+    rows = []
+    load_before = os.getloadavg()[0]
+    for name in args.archs.split(","):
+        r = bench_arch(name, image, args.repeat, args.clicks, args.threads)
+        rows.append(
+            f"| {name} | {r['enc_torch']:.1f} | {r['enc_ours']:.1f} | "
+            f"{r['enc_torch'] / r['enc_ours']:.2f} | {r['click_torch']:.1f} | "
+            f"{r['click_ours']:.1f} | {r['click_torch'] / r['click_ours']:.2f} | "
+            f"{r['export_s']:.0f} | {r['worst_raw']:.1e} | {r['min_iou']:.4f} |"
+        )
+        print(rows[-1], flush=True)
+
+    cmd = "python bench/bench_sam.py " + " ".join(sys.argv[1:])
+    table = "\n".join(
+        [
+            "## SAM predictor on CPU: detseg (onnxruntime) vs segment-anything (PyTorch)",
+            "",
+            f"{dt.date.today()}, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores (shared), torch {torch.__version__}, "
+            f"{args.threads} thread(s) for both torch and onnxruntime, image {image_name} "
+            f"({image.shape[1]}x{image.shape[0]}). Command: `{cmd.strip()}`. Encoder: best of "
+            f"{args.repeat} `set_image` calls; click: median of {args.clicks} one-point "
+            f"`predict` calls (3 masks at original resolution). Ratio = torch / detseg "
+            f"(> 1: detseg faster). Both models random-weight, exported with a passing parity report. "
+            f"Load average (1 min) {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at "
+            f"the end: other jobs shared the 2 cores, so absolute times are inflated.",
+            "",
+            "| model | encoder torch ms | encoder detseg ms | ratio | click torch ms "
+            "| click detseg ms | ratio | export + parity s | parity max abs diff | parity min IoU |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print()
+    print(table)
+    if args.append:
+        with (ROOT / "BENCHMARKS.md").open("a") as f:
+            f.write("\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
