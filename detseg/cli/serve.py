@@ -1,9 +1,103 @@
-"""`detseg serve`: registered by `register(app)`; owned by the serve work."""
+"""`detseg serve`: the interactive web demo (Gradio), a thin layer over `detseg.serve`."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+from pathlib import Path
+
 import typer
+
+from detseg.errors import DetsegError, InputError
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _parse_auth(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise InputError("--auth: expected USER:PASSWORD with both parts non-empty, found no ':' "
+                         "or an empty part")
+    return user, password
+
+
+def serve(
+    model: list[str] = typer.Option(
+        None, "--model", "-m",
+        help="Detector to offer: a local .onnx file, a registry name or .pt checkpoint (exported "
+        "to ONNX once and cached), or 'builtin' (the embedded default). Repeat to offer "
+        "several; the first is selected. Default: builtin.",
+    ),
+    head: str = typer.Option(None, help="Decoder head for ONNX files without detseg metadata (e.g. yolox)."),
+    sam: str = typer.Option(
+        None, help="Segment Anything to use: a registry name (sam_vit_b, ...) or a .pth checkpoint, "
+        "exported to ONNX once and cached. Default: the embedded SAM.",
+    ),
+    sam_encoder: Path = typer.Option(None, help="SAM image encoder ONNX (default: the embedded SAM)."),
+    sam_decoder: Path = typer.Option(None, help="SAM prompt decoder ONNX (give with --sam-encoder)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the demo to your network."),
+    port: int = typer.Option(7860, help="Port to listen on."),
+    share: bool = typer.Option(False, "--share", help="Also open a public gradio.live link."),
+    auth: str = typer.Option(
+        None, envvar="DETSEG_SERVE_AUTH",
+        help="USER:PASSWORD required to open the page (or set DETSEG_SERVE_AUTH).",
+    ),
+    max_upload: str = typer.Option("20MB", help="Largest upload, e.g. 20MB."),
+    max_pixels: float = typer.Option(25e6, help="Largest image, in pixels (width x height)."),
+    concurrency: int = typer.Option(2, min=1, help="Model calls running at once."),
+    max_queue: int = typer.Option(64, min=1, help="Requests allowed to wait in the queue."),
+) -> None:
+    """Open the demo: detection and segmentation with sliders, and Segment Anything prompts."""
+    from detseg.serve.app import ServeOptions, build_app, launch, make_context
+    from detseg.serve.limits import Limits, parse_size
+    from detseg.serve.models import ModelHub, detector_specs
+
+    credentials = _parse_auth(auth)
+    if sam is not None and sam_encoder is not None:
+        raise InputError("--sam and --sam-encoder/--sam-decoder: give one or the other")
+    if (sam_encoder is None) != (sam_decoder is None):
+        raise InputError("--sam-encoder/--sam-decoder: expected both or neither, found one")
+    for path in (sam_encoder, sam_decoder):
+        if path is not None and not path.is_file():
+            raise InputError(f"{path}: SAM model file not found")
+    limits = Limits(max_upload_bytes=parse_size(max_upload), max_pixels=int(max_pixels))
+    sam_paths = (sam_encoder, sam_decoder) if sam_encoder is not None else None
+    hub = ModelHub(detector_specs(model or [], head), sam_paths=sam_paths, sam_name=sam, device=device)
+
+    # Load now so that a broken model is reported here rather than on the first click.
+    try:
+        hub.detector(hub.default_name)
+        print(f"detector: {hub.default_name}")
+    except DetsegError as exc:  # shown here, and again in the page
+        print(f"detector {hub.default_name!r} not available: {exc}")
+    sam_note = hub.sam_status()
+    print(f"segment anything: {sam_note or 'ready'}")
+
+    if host not in ("127.0.0.1", "localhost", "::1") and credentials is None:
+        print(f"warning: serving on {host} without --auth; anyone who can reach it can use it")
+    options = ServeOptions(concurrency_limit=concurrency, max_queue=max_queue)
+    ctx = make_context(hub, limits)
+    # Stop on SIGTERM as on Ctrl-C (Gradio closes the server on KeyboardInterrupt), so that
+    # the session downloads below are removed either way.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        demo = build_app(ctx, options)
+        try:
+            launch(demo, ctx, host=host, port=port, share=share, auth=credentials, options=options)
+        except OSError as exc:
+            if "empty port" not in str(exc):
+                raise
+            raise InputError(f"--port {port}: {host}:{port} is in use; choose another port") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(ctx.out_dir, ignore_errors=True)  # downloads written for the sessions
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app (none yet)."""
+    """Add `detseg serve` to the top-level app."""
+    app.command(name="serve")(serve)

@@ -1,0 +1,278 @@
+"""Benchmark `detseg serve`: click-to-mask latency through the API, and a loopback load test.
+
+Starts ``detseg serve`` (the embedded default models unless --sam-encoder/--sam-decoder are
+given) as a subprocess on 127.0.0.1, then:
+
+1. latency: one gradio_client session loads an image (the embedding is computed then), and
+   clicks N times at random points (positive clicks, cleared every 4 so prompts stay small).
+   Each click is timed end to end: request, queue, decoder, drawing, JPEG, response, and
+   the download of the overlay image. Baselines measured in the same run, in this process
+   on the same ONNX files: ``SamPredictor.predict`` alone (the decoder with a cached
+   embedding), and ``set_image`` + ``predict`` without the cache (what a click would cost if
+   the encoder ran each time).
+2. load: C concurrent clients (each its own session and image) click for D seconds. Reports
+   requests, errors, latency under load, throughput, and the server's RSS over time.
+
+    .venv/bin/python bench/bench_serve.py [--clicks 200] [--clients 8] [--duration 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) * 1000.0
+
+
+def start_server(port: int, args: argparse.Namespace) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "detseg", "serve", "--port", str(port),
+           "--concurrency", str(args.concurrency)]
+    if args.sam_encoder:
+        cmd += ["--sam-encoder", args.sam_encoder, "--sam-decoder", args.sam_decoder]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"detseg serve exited:\n{proc.stdout.read()}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)  # noqa: S310
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("detseg serve did not start")
+
+
+def sample_images(folder: Path, n: int) -> list[Path]:
+    from detseg.serve.handlers import write_samples
+
+    return write_samples(folder, n)
+
+
+def click_points(rng: np.random.Generator, size: tuple[int, int], n: int) -> np.ndarray:
+    h, w = size
+    return np.stack([rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)], axis=1)
+
+
+class RawSession:
+    """Gradio's documented REST API (POST /gradio_api/call/NAME, then its SSE result), in the
+    session of a gradio_client ``Client`` so that the image it loaded is the one clicked.
+
+    gradio_client itself polls for results every 50 ms, which would dominate a ~10 ms click;
+    this client reads the event stream directly, as the browser does, and downloads the
+    overlay image the page would show.
+    """
+
+    def __init__(self, url: str, session_hash: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=120)
+        self.session_hash = session_hash
+
+    def call(self, api: str, *data, download: bool = True) -> list:
+        r = self.http.post(f"gradio_api/call/{api}", json={"data": list(data), "session_hash": self.session_hash})
+        r.raise_for_status()
+        event_id = r.json()["event_id"]
+        event, payload = None, None
+        with self.http.stream("GET", f"gradio_api/call/{api}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    payload = json.loads(line[5:])
+                    break
+        if event != "complete":
+            raise RuntimeError(f"{api}: {event}: {payload}")
+        if download and isinstance(payload[0], dict) and payload[0].get("url"):
+            self.http.get(payload[0]["url"]).raise_for_status()
+        return payload
+
+
+def session_clicks(session, points: np.ndarray, stop: threading.Event | None = None):
+    """Click at ``points`` (clearing every 4 clicks); yields (seconds, error or None).
+
+    ``session`` is a `RawSession` or a gradio_client ``Client``.
+    """
+    raw = isinstance(session, RawSession)
+    for i, (x, y) in enumerate(points):
+        if stop is not None and stop.is_set():
+            return
+        args = (float(x), float(y), "positive", True, False)
+        t0 = time.perf_counter()
+        try:
+            if i % 4 == 0:
+                session.call("sam_clear", download=False) if raw else session.predict(api_name="/sam_clear")
+                t0 = time.perf_counter()
+            out = session.call("sam_point", *args) if raw else session.predict(*args, api_name="/sam_point")
+            if out[-1]["steps"] != i % 4 + 1:  # the session state really is this session's
+                raise RuntimeError(f"expected step {i % 4 + 1}, server says {out[-1]['steps']}")
+            yield time.perf_counter() - t0, None
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            yield time.perf_counter() - t0, repr(exc)
+
+
+def direct_baselines(image: np.ndarray, points: np.ndarray, sam_paths) -> tuple[list, list]:
+    from detseg.pipeline.sam import SamPredictor
+
+    cached = SamPredictor.load(*sam_paths, device="cpu")
+    cached.set_image(image)
+    dec, full = [], []
+    for x, y in points:
+        t0 = time.perf_counter()
+        cached.predict(np.array([[x, y]], np.float32), np.array([1]), multimask_output=True)
+        dec.append(time.perf_counter() - t0)
+    for x, y in points[: max(10, len(points) // 5)]:
+        fresh = SamPredictor.load(*sam_paths, device="cpu", cache_size=1)
+        t0 = time.perf_counter()
+        fresh.set_image(image)
+        fresh.predict(np.array([[x, y]], np.float32), np.array([1]), multimask_output=True)
+        full.append(time.perf_counter() - t0)
+    return dec, full
+
+
+def rss_sampler(pid: int, stop: threading.Event, out: list, every: float = 2.0) -> None:
+    import psutil
+
+    proc = psutil.Process(pid)
+    t0 = time.monotonic()
+    while not stop.is_set():
+        rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+        out.append((time.monotonic() - t0, rss / 2**20))
+        stop.wait(every)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clicks", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--image", type=Path, help="image for the latency phase (default: a shapes sample)")
+    ap.add_argument("--sam-encoder")
+    ap.add_argument("--sam-decoder")
+    args = ap.parse_args()
+
+    from gradio_client import Client, handle_file
+
+    from detseg.serve.limits import Limits, read_upload
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    images = sample_images(tmp, max(args.clients, 1))
+    first = args.image or images[0]
+    image = read_upload(first, first.name, Limits())
+    sam_paths = (args.sam_encoder, args.sam_decoder) if args.sam_encoder else None
+    if sam_paths is None:
+        from detseg.weights.builtin import default_sam
+
+        sam_paths = default_sam()
+    rng = np.random.default_rng(0)
+    points = click_points(rng, image.shape[:2], args.clicks)
+
+    port = free_port()
+    proc = start_server(port, args)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        # ---- 1. latency -------------------------------------------------------------------
+        client = Client(url, verbose=False)
+        t0 = time.perf_counter()
+        client.predict(handle_file(str(first)), api_name="/load_image")
+        load_s = time.perf_counter() - t0
+        raw = RawSession(url, client.session_hash)
+        list(session_clicks(raw, points[:8]))  # warm-up
+        results = list(session_clicks(raw, points))
+        lat = [t for t, e in results if e is None]
+        errors = [e for _, e in results if e is not None]
+        via_client = list(session_clicks(client, points[: max(20, len(points) // 4)]))
+        lat_client = [t for t, e in via_client if e is None]
+        errors += [e for _, e in via_client if e is not None]
+        dec, full = direct_baselines(image, points, sam_paths)
+        print(f"image {first.name} {image.shape[1]}x{image.shape[0]}; upload + embedding {load_s * 1000:.0f} ms")
+        print(f"{'click-to-mask':40s} {'p50 ms':>8s} {'p95 ms':>8s} {'n':>5s}")
+        for name, vals in (("API over HTTP, cached embedding (this)", lat),
+                           ("same via gradio_client (50 ms polling)", lat_client),
+                           ("direct predict, cached (baseline)", dec),
+                           ("direct set_image+predict, no cache", full)):
+            print(f"{name:40s} {pct(vals, 50):8.1f} {pct(vals, 95):8.1f} {len(vals):5d}")
+        print(f"ratio API p50 / direct decoder p50: {pct(lat, 50) / pct(dec, 50):.2f}x")
+        print(f"ratio no-cache p50 / API p50: {pct(full, 50) / pct(lat, 50):.2f}x "
+              f"(what caching the embedding saves per click)")
+        print(f"target p50 <= 100 ms: {'met' if pct(lat, 50) <= 100 else 'NOT met'}; errors: {len(errors)}")
+
+        # ---- 2. load ----------------------------------------------------------------------
+        stop = threading.Event()
+        rss: list[tuple[float, float]] = []
+        sampler = threading.Thread(target=rss_sampler, args=(proc.pid, stop, rss), daemon=True)
+        per_client: list[list[tuple[float, str | None]]] = [[] for _ in range(args.clients)]
+
+        def worker(k: int) -> None:
+            c = Client(url, verbose=False)
+            img = images[k % len(images)]
+            c.predict(handle_file(str(img)), api_name="/load_image")
+            raw_k = RawSession(url, c.session_hash)
+            pts = click_points(np.random.default_rng(k + 1), image.shape[:2], 1000)
+            while not stop.is_set():
+                for item in session_clicks(raw_k, pts, stop):
+                    per_client[k].append(item)
+
+        sampler.start()
+        threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(args.clients)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(args.duration)
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        wall = time.monotonic() - t0
+        sampler.join(timeout=10)
+        all_items = [it for items in per_client for it in items]
+        ok = [t for t, e in all_items if e is None]
+        errs = [e for _, e in all_items if e is not None]
+        print(f"\nload: {args.clients} clients x {args.duration:.0f} s, server concurrency {args.concurrency}")
+        print(f"requests {len(all_items)}, errors {len(errs)}, throughput {len(ok) / wall:.1f} clicks/s")
+        if ok:
+            print(f"latency under load: p50 {pct(ok, 50):.0f} ms, p95 {pct(ok, 95):.0f} ms")
+        if errs:
+            print("first errors:", *sorted(set(errs))[:3], sep="\n  ")
+        if rss:
+            n = max(1, len(rss) // 5)
+            head = statistics.mean(v for _, v in rss[:n])
+            tail = statistics.mean(v for _, v in rss[-n:])
+            print(f"server RSS MiB: first fifth {head:.0f}, last fifth {tail:.0f}, "
+                  f"max {max(v for _, v in rss):.0f} (growth {100 * (tail - head) / head:+.1f} %)")
+            step = max(1, len(rss) // 7)
+            print("RSS over time (s: MiB):", ", ".join(f"{t:.0f}: {v:.0f}" for t, v in rss[::step]))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The models the demo serves: loaded once, shared by every session, never holding user data.
+
+`ModelHub` maps the names shown in the model dropdown to detector specs (the embedded default,
+a registry name, or a local ONNX file) and loads each detector on first use. The SAM predictor
+keeps the current image inside it (``set_image`` then ``predict``), so calls from different
+sessions are serialised by a lock; its own cache keeps the embedding of recent images, so a
+click on an image seen before runs only the prompt decoder.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detseg.errors import DetsegError, ModelError
+
+BUILTIN = "builtin"
+# Image embeddings kept by the shared SAM predictor: one per recently used image across all
+# sessions, so several users can alternate without re-running the encoder.
+SAM_CACHE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What to load for one dropdown entry.
+
+    Attributes:
+        name: the label shown to the user.
+        model: what `Detector.load` gets: a local ONNX path or a registry name. None means
+            the embedded default (`detseg.weights.builtin.default_detector`).
+        head: decoder head for ONNX files without detseg metadata (e.g. ``"yolox"``).
+    """
+
+    name: str
+    model: str | None = None
+    head: str | None = None
+
+
+def detector_specs(models: Sequence[str], head: str | None = None) -> list[DetectorSpec]:
+    """Dropdown entries for the ``--model`` values given on the command line.
+
+    No value gives the embedded default only. A value that is an existing file is shown by
+    its file name; anything else is a registry name (``"builtin"`` is the embedded default).
+    """
+    if not models:
+        return [DetectorSpec(BUILTIN)]
+    specs: list[DetectorSpec] = []
+    for value in models:
+        if value == BUILTIN:
+            spec = DetectorSpec(BUILTIN)
+        elif Path(value).is_file():
+            spec = DetectorSpec(Path(value).name, str(Path(value).resolve()), head)
+        else:
+            spec = DetectorSpec(value, value, head)
+        if spec.name not in {s.name for s in specs}:
+            specs.append(spec)
+    return specs
+
+
+class ModelHub:
+    """Detectors by dropdown name, and one SAM predictor, loaded lazily and then reused.
+
+    SAM comes from ``sam_paths`` (encoder, decoder ONNX), else ``sam_name`` (a registry name
+    or .pth checkpoint, exported once), else the embedded default.
+    ``load_detector(spec)`` and ``load_sam()`` are injectable so that tests and benchmarks can
+    use other models; by default they call `detseg.pipeline.detector.Detector.load` and
+    `detseg.pipeline.sam.SamPredictor.load`.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[DetectorSpec],
+        sam_paths: tuple[Path, Path] | None = None,
+        sam_name: str | None = None,
+        device: str = "auto",
+        load_detector: Callable[[DetectorSpec], Any] | None = None,
+        load_sam: Callable[[], Any] | None = None,
+    ) -> None:
+        if not specs:
+            raise ModelError("ModelHub: expected at least one detector, found none")
+        self.specs = {s.name: s for s in specs}
+        self.device = device
+        self._sam_paths = sam_paths
+        self._sam_name = sam_name
+        self._load_detector = load_detector or self._default_load_detector
+        self._load_sam = load_sam or self._default_load_sam
+        self._detectors: dict[str, Any] = {}
+        self._detector_errors: dict[str, str] = {}
+        self._sam: Any = None
+        self._sam_error: str | None = None
+        self._load_lock = threading.Lock()
+        # The predictor holds "the current image"; set_image + predict must not interleave.
+        self.sam_lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def default_name(self) -> str:
+        return next(iter(self.specs))
+
+    def detector(self, name: str) -> Any:
+        """The loaded detector for a dropdown ``name``; `ModelError` says why when it cannot load."""
+        if name not in self.specs:
+            raise ModelError(
+                f"model {name!r}: not offered by this server; expected one of {self.names}"
+            )
+        with self._load_lock:
+            if name in self._detectors:
+                return self._detectors[name]
+            if name in self._detector_errors:
+                raise ModelError(self._detector_errors[name])
+            try:
+                det = self._load_detector(self.specs[name])
+            except (DetsegError, ImportError) as exc:
+                self._detector_errors[name] = f"model {name!r} could not be loaded: {exc}"
+                raise ModelError(self._detector_errors[name]) from None
+            self._detectors[name] = det
+            return det
+
+    def sam(self) -> Any:
+        """The SAM predictor; `ModelError` says why when it cannot load."""
+        with self._load_lock:
+            if self._sam is not None:
+                return self._sam
+            if self._sam_error is not None:
+                raise ModelError(self._sam_error)
+            try:
+                self._sam = self._load_sam()
+            except (DetsegError, ImportError) as exc:
+                self._sam_error = f"Segment Anything is not available: {exc}"
+                raise ModelError(self._sam_error) from None
+            return self._sam
+
+    def sam_status(self) -> str | None:
+        """None when SAM loads, else the reason it does not (for the UI)."""
+        try:
+            self.sam()
+        except ModelError as exc:
+            return str(exc)
+        return None
+
+    # ---- default loaders ----------------------------------------------------------------
+    def _default_load_detector(self, spec: DetectorSpec) -> Any:
+        from detseg.pipeline.detector import Detector
+
+        model = spec.model
+        if model is None:
+            try:
+                from detseg.weights.builtin import default_detector
+            except ImportError as exc:
+                raise ModelError(f"the embedded default detector is missing ({exc})") from None
+            model = str(default_detector())
+        elif not (Path(model).is_file() and Path(model).suffix.lower() == ".onnx"):
+            model = str(exported_onnx(model, "detect")[0])
+        return Detector.load(model, head=spec.head, device=self.device)
+
+    def _default_load_sam(self) -> Any:
+        from detseg.pipeline.sam import SamPredictor
+
+        if self._sam_name is not None:
+            encoder, decoder = exported_onnx(self._sam_name, "sam")
+        elif self._sam_paths is None:
+            try:
+                from detseg.weights.builtin import default_sam
+            except ImportError as exc:
+                raise ModelError(f"the embedded default SAM is missing ({exc})") from None
+            encoder, decoder = default_sam()
+        else:
+            encoder, decoder = self._sam_paths
+        return SamPredictor.load(encoder, decoder, device=self.device, cache_size=SAM_CACHE_SIZE)
+
+
+def exported_onnx(name: str, family: str) -> list[Path]:
+    """ONNX files for a registry name or a checkpoint (.pt, .pth, .yaml), exported once.
+
+    The export (download, then `detseg.weights.export.export_model`, which needs torch) runs
+    on first use and lands in ``<model cache>/onnx/<name>/``; later starts reuse it. Returns
+    [model] for a detector, [encoder, decoder] for SAM. Errors say what failed (an offline
+    machine gets `DownloadError`'s message).
+    """
+    from detseg.weights.download import cache_dir
+    from detseg.weights.registry import resolve
+
+    source = resolve(name)  # InputError for an unknown name
+    if source.family == "onnx":
+        return [Path(source.path)]
+    if (family == "sam") != (source.family == "sam"):
+        want = "a Segment Anything model" if family == "sam" else "a detector"
+        raise ModelError(f"model {name!r}: expected {want}, found a {source.family} model")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name)
+    folder = cache_dir() / "onnx" / safe
+    found = sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+    if family == "sam":
+        enc = [p for p in found if p.stem.endswith("_encoder")]
+        dec = [p for p in found if p.stem.endswith("_decoder")]
+        if enc and dec:
+            return [enc[0], dec[0]]
+    elif found:
+        return [found[0]]
+    try:
+        from detseg.weights.export import export_model
+    except ImportError as exc:
+        raise ModelError(
+            f"model {name!r}: exporting it to ONNX needs the export extra ({exc}); "
+            f"`pip install detseg[export]`, or pass an .onnx file"
+        ) from None
+    print(f"exporting {name} to ONNX in {folder} (once) ...")
+    summary = export_model(name, folder, progress=True)
+    onnx = [p for p in summary.files if p.suffix == ".onnx"]
+    if not summary.passed:
+        print(f"warning: {name}: the ONNX export did not pass its parity check "
+              f"(report: {summary.report_path})")
+    return onnx
