@@ -8,6 +8,7 @@ crash never leaves half a results file behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -140,6 +141,9 @@ def load_dataset(json_path: str | Path, images_dir: str | Path | None = None) ->
         file_name = _field(path, where, im, "file_name", str)
         width = _field(path, where, im, "width", int) if "width" in im else 0
         height = _field(path, where, im, "height", int) if "height" in im else 0
+        for key, value in (("width", width), ("height", height)):
+            if value < 0:
+                raise InputError(f"{path}: {where}: field '{key}': expected a size >= 0, found {value}")
         images.append(CocoImage(int(im["id"]), file_name, width, height,
                                 resolve_image_path(path, file_name, img_dir)))
     image_ids = {im.id for im in images}
@@ -154,8 +158,11 @@ def load_dataset(json_path: str | Path, images_dir: str | Path | None = None) ->
             )
         bbox = _field(path, where, a, "bbox", list)
         if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                     for v in bbox):
-            raise InputError(f"{path}: {where}: field 'bbox': expected [x, y, w, h], found {bbox!r:.80}")
+                                     and math.isfinite(v) for v in bbox) or min(bbox[2:]) < 0:
+            raise InputError(
+                f"{path}: {where}: field 'bbox': expected [x, y, w, h] of finite numbers with "
+                f"w, h >= 0, found {bbox!r:.80}"
+            )
     return CocoDataset(path, images, categories, annotations, data)
 
 

@@ -1,0 +1,95 @@
+"""A tiny stand-in for `detseg.pipeline.detector.Detector` that follows its contract.
+
+Its detections are a deterministic function of each image (its size and mean colour), so two
+runs over the same images must give the same records. Options make it slow (to kill a run
+part-way), make it refuse some images in ``preprocess``, or give instance masks.
+
+Run as a module, it runs `run_predict` over a source (used by the resume tests, which kill
+that subprocess part-way)::
+
+    python -m tests.pipeline.fake_detector SOURCE OUT [--delay S] [--batch N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detseg.detections import Detections
+from detseg.errors import InputError, ModelError
+
+NAMES = {0: "cat", 1: "dog", 2: "bird"}
+
+
+@dataclass
+class FakeMeta:
+    task: str = "detect"
+    names: dict = field(default_factory=lambda: dict(NAMES))
+    imgsz: tuple = (32, 32)
+    head: str = "fake"
+
+
+class FakeDetector:
+    """Contract: ``preprocess(images) -> (tensor, transforms)``, ``infer``, ``postprocess``."""
+
+    def __init__(self, *, delay: float = 0.0, seg: bool = False, refuse_width: int | None = None,
+                 fail_infer_after: int | None = None, names: dict | None = None):
+        self.meta = FakeMeta(task="segment" if seg else "detect",
+                             names=dict(names) if names is not None else dict(NAMES))
+        self.providers = ["FakeExecutionProvider"]
+        self.delay, self.seg, self.refuse_width = delay, seg, refuse_width
+        self.fail_infer_after = fail_infer_after
+        self.infer_calls = 0
+        self.batch_sizes: list[int] = []
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        for im in images:
+            if self.refuse_width is not None and im.shape[1] == self.refuse_width:
+                raise InputError(f"image of width {im.shape[1]}: refused by the fake model")
+        tensor = np.stack([im.reshape(-1, 3).mean(0) for im in images]).astype(np.float32)
+        return tensor, [im.shape[:2] for im in images]
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        self.infer_calls += 1
+        if self.fail_infer_after is not None and self.infer_calls > self.fail_infer_after:
+            raise ModelError("fake model: inference failed on purpose")
+        self.batch_sizes.append(len(tensor))
+        if self.delay:
+            time.sleep(self.delay)
+        return tensor * 2.0
+
+    def postprocess(self, outputs, transforms, conf, iou, max_det) -> list[Detections]:
+        result = []
+        for mean2, (h, w) in zip(outputs, transforms, strict=True):
+            mean = mean2 / 2.0
+            n = int(mean.sum()) % 4 + 1
+            k = np.arange(n, dtype=np.float32)
+            boxes = np.stack([k, k, w / 2 + k, h / 2 + k], axis=1)
+            scores = np.clip(0.9 - 0.2 * k + (mean[0] % 7) / 100, 0, 1).astype(np.float32)
+            class_ids = (k.astype(np.int64) + int(mean[1])) % len(self.meta.names)
+            masks = None
+            if self.seg:
+                masks = np.zeros((n, h, w), bool)
+                for i in range(n):
+                    masks[i, i: h // 2 + i, i: w // 2 + i] = True
+            det = Detections(boxes, scores, class_ids, masks, self.meta.names, (h, w))
+            det = det[det.scores >= conf]
+            result.append(det[np.argsort(-det.scores, kind="stable")[:max_det]])
+        return result
+
+
+def main(argv: list[str]) -> None:
+    from detseg.pipeline.batch import run_predict
+
+    source, out = argv[0], argv[1]
+    opts = dict(zip(argv[2::2], argv[3::2], strict=True))
+    det = FakeDetector(delay=float(opts.get("--delay", 0)))
+    run_predict(det, source, out, batch_size=int(opts.get("--batch", 1)), progress=False,
+                conf=0.0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
