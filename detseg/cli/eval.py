@@ -3,6 +3,7 @@
     detseg eval --gt GT.json --pred RESULTS.json [--iou-type bbox|segm] [--json OUT.json]
                 [--out REPORT_DIR] [--iou 0.5] [--score 0.5]
     detseg eval --model M.onnx --data GT.json [--head yolox] ...   (predict, then evaluate)
+    detseg eval --data GT.json                                     (the same, embedded default model)
     detseg eval compare A.json B.json --gt GT.json                 (paired bootstrap over images)
 
 A thin layer over `detseg.eval` (metrics, analysis, report, compare).
@@ -52,8 +53,8 @@ def eval_main(
     ctx: typer.Context,
     gt: Path | None = typer.Option(None, "--gt", help="COCO instances JSON (ground truth)."),
     pred: Path | None = typer.Option(None, "--pred", help="COCO results JSON (a list of detections)."),
-    model: Path | None = typer.Option(None, "--model", help="Instead of --pred: an ONNX model to run over --data first."),
-    data: Path | None = typer.Option(None, "--data", help="With --model: the COCO instances JSON to predict on and evaluate against."),
+    model: str | None = typer.Option(None, "--model", help="Instead of --pred: a model (ONNX file, registry name or checkpoint) to run over --data first."),
+    data: Path | None = typer.Option(None, "--data", help="Predict on this COCO instances JSON, then evaluate against it (with --model, or the embedded default model when neither --model nor --pred is given)."),
     iou_type: IouType = typer.Option(IouType.bbox, "--iou-type", help="bbox or segm (masks)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write stats (the 12 COCO numbers in pycocotools' order), per-class table and analyses as JSON."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the full report to this folder: report.html (self-contained), report.md, report.json, per_class.csv, confusion_matrix.csv/.png, PR and F1 plots."),
@@ -72,7 +73,7 @@ def eval_main(
         return
     from detseg.errors import InputError
 
-    if model is not None:
+    if model is not None or (data is not None and pred is None):
         if data is None:
             raise InputError("--model needs --data (a COCO instances JSON to predict on)")
         if pred is not None:
@@ -89,11 +90,12 @@ def eval_main(
     _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet)
 
 
-def _predict(model: Path, data: Path, out: Path, head: str | None, device: str,
+def _predict(model: str | None, data: Path, out: Path, head: str | None, device: str,
              images: Path | None, quiet: bool) -> None:
     from detseg.pipeline.batch import run_predict  # onnxruntime only when a model runs
+    from detseg.weights.onnx_models import detector_onnx
 
-    summary = run_predict(model, data, out, head=head, device=device, preset="coco-eval",
+    summary = run_predict(detector_onnx(model), data, out, head=head, device=device, preset="coco-eval",
                           images_dir=images, progress=not quiet, resume=False)
     print(summary.format(), file=sys.stderr)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from detseg.errors import DetsegError, ModelError
+from detseg.weights.onnx_models import BUILTIN, detector_onnx, exported_onnx
 
-BUILTIN = "builtin"
 # Image embeddings kept by the shared SAM predictor: one per recently used image across all
 # sessions, so several users can alternate without re-running the encoder.
 SAM_CACHE_SIZE = 16
@@ -148,15 +148,7 @@ class ModelHub:
     def _default_load_detector(self, spec: DetectorSpec) -> Any:
         from detseg.pipeline.detector import Detector
 
-        model = spec.model
-        if model is None:
-            try:
-                from detseg.weights.builtin import default_detector
-            except ImportError as exc:
-                raise ModelError(f"the embedded default detector is missing ({exc})") from None
-            model = str(default_detector())
-        elif not (Path(model).is_file() and Path(model).suffix.lower() == ".onnx"):
-            model = str(exported_onnx(model, "detect")[0])
+        model = str(detector_onnx(spec.model))
         return Detector.load(model, head=spec.head, device=self.device)
 
     def _default_load_sam(self) -> Any:
@@ -173,46 +165,3 @@ class ModelHub:
         else:
             encoder, decoder = self._sam_paths
         return SamPredictor.load(encoder, decoder, device=self.device, cache_size=SAM_CACHE_SIZE)
-
-
-def exported_onnx(name: str, family: str) -> list[Path]:
-    """ONNX files for a registry name or a checkpoint (.pt, .pth, .yaml), exported once.
-
-    The export (download, then `detseg.weights.export.export_model`, which needs torch) runs
-    on first use and lands in ``<model cache>/onnx/<name>/``; later starts reuse it. Returns
-    [model] for a detector, [encoder, decoder] for SAM. Errors say what failed (an offline
-    machine gets `DownloadError`'s message).
-    """
-    from detseg.weights.download import cache_dir
-    from detseg.weights.registry import resolve
-
-    source = resolve(name)  # InputError for an unknown name
-    if source.family == "onnx":
-        return [Path(source.path)]
-    if (family == "sam") != (source.family == "sam"):
-        want = "a Segment Anything model" if family == "sam" else "a detector"
-        raise ModelError(f"model {name!r}: expected {want}, found a {source.family} model")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name)
-    folder = cache_dir() / "onnx" / safe
-    found = sorted(folder.glob("*.onnx")) if folder.is_dir() else []
-    if family == "sam":
-        enc = [p for p in found if p.stem.endswith("_encoder")]
-        dec = [p for p in found if p.stem.endswith("_decoder")]
-        if enc and dec:
-            return [enc[0], dec[0]]
-    elif found:
-        return [found[0]]
-    try:
-        from detseg.weights.export import export_model
-    except ImportError as exc:
-        raise ModelError(
-            f"model {name!r}: exporting it to ONNX needs the export extra ({exc}); "
-            f"`pip install detseg[export]`, or pass an .onnx file"
-        ) from None
-    print(f"exporting {name} to ONNX in {folder} (once) ...")
-    summary = export_model(name, folder, progress=True)
-    onnx = [p for p in summary.files if p.suffix == ".onnx"]
-    if not summary.passed:
-        print(f"warning: {name}: the ONNX export did not pass its parity check "
-              f"(report: {summary.report_path})")
-    return onnx

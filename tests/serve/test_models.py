@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from detseg.errors import ModelError
-from detseg.serve.models import ModelHub, detector_specs, exported_onnx
+from detseg.serve.models import ModelHub, detector_specs
+from detseg.weights.onnx_models import exported_onnx
 
 
 @pytest.fixture()
