@@ -4,7 +4,10 @@ For each model and batch size, on the same images and the same ONNX file, it mea
 images/s of:
 
 - **bound**: a bare loop of ``InferenceSession.run`` on tensors prepared beforehand (no
-  reading, no pre- or post-processing: what no runner can beat);
+  reading, no pre- or post-processing: what no runner can beat). The tensors are the very
+  ones `run_predict` feeds the model, recorded from one detseg run: same batches, same input
+  sizes (on the dynamic-size YOLOv8n, images grouped by their minimum rectangle, e.g.
+  640x480 or 448x640, as detseg does), so the bound does exactly detseg's model work;
 - **detseg**: `run_predict` from image files to a written COCO results JSON (reading,
   letterbox, inference, NMS, encoding, journal), model loading excluded; with one worker
   and onnxruntime's default threads ("w1"), and with ``workers=2``, two model calls at once
@@ -130,6 +133,28 @@ def time_bound_pair(session, tensors: list[np.ndarray], n_images: int) -> tuple[
     return time_bound(session, tensors, n_images), None
 
 
+def fed_tensors(detector, folder: Path, out: Path, batch: int, settings: dict) -> list[np.ndarray]:
+    """The tensors `run_predict` feeds ``detector`` on ``folder`` (its batches and input
+    sizes), recorded during one untimed run."""
+    from detseg.pipeline.batch import run_predict
+
+    seen: list[np.ndarray] = []
+    preprocess = detector.preprocess
+
+    def record(images):
+        tensor, transforms = preprocess(images)
+        seen.append(tensor)
+        return tensor, transforms
+
+    detector.preprocess = record  # an instance attribute, removed below
+    try:
+        run_predict(detector, folder, out, batch_size=batch, progress=False, resume=False,
+                    **settings)
+    finally:
+        del detector.preprocess
+    return seen
+
+
 def time_detseg(detector, folder: Path, out: Path, batch: int, settings: dict,
                 workers: int = 1) -> tuple[float, int]:
     from detseg.pipeline.batch import run_predict
@@ -173,8 +198,13 @@ def bench_model(name: str, onnx: Path, head: str | None, paths: list[Path], fold
     images = [read_image(p) for p in paths]
     rows = []
     for b in batches:
-        tensors = [detector.preprocess(images[i: i + b])[0] for i in range(0, len(images), b)]
         out = tmp / "results.json"
+        tensors = fed_tensors(detector, folder, out, b, settings)
+        if sum(len(x) for x in tensors) != len(images):
+            sys.exit("bench_predict: the recorded tensors do not cover every image")
+        pixels = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in tensors) / len(images)
+        full = detector.meta.imgsz[0] * detector.meta.imgsz[1]
+        shapes = sorted({x.shape[2:] for x in tensors})
         contenders = {
             "bound": partial(time_bound_pair, session, tensors, len(images)),
             "detseg": partial(time_detseg, detector, folder, out, b, settings, workers=1),
@@ -200,7 +230,9 @@ def bench_model(name: str, onnx: Path, head: str | None, paths: list[Path], fold
             for key in names[r % len(names):] + names[: r % len(names)]:
                 ips, dets[key] = contenders[key]()
                 runs[key].append(ips)
-        rows.append({"model": name, "batch": b, "runs": runs, "dets": dets})
+        rows.append({"model": name, "batch": b, "runs": runs, "dets": dets,
+                     "fed": f"{len(tensors)} calls, input sizes {shapes}, "
+                            f"{pixels / full:.3f} of imgsz pixels per image"})
     return rows
 
 
@@ -260,6 +292,7 @@ def main() -> None:
     print()
     for r in rows:
         print(f"detections ({r['model']}, batch {r['batch']}): {r['dets']}")
+        print(f"detseg/bound fed ({r['model']}, batch {r['batch']}): {r['fed']}")
 
 
 if __name__ == "__main__":

@@ -198,21 +198,37 @@ class _Runner:
     def _read(self) -> None:
         from detseg.data.images import read_image
 
-        pending: list[tuple[SourceItem, np.ndarray]] = []
+        # Images are batched with images that get the same model input size (one group on a
+        # fixed-size model; one per minimum rectangle on a dynamic-size Ultralytics model, see
+        # `Detector.input_size_for`). At most 2 x batch_size images wait: past that the
+        # largest group goes, full or not.
+        size_for = getattr(self.detector, "input_size_for", None)
+        groups: dict[Any, list[tuple[SourceItem, np.ndarray]]] = {}
+        waiting = 0
         for item in self.items:
             if self.stop.is_set():
                 raise _Stop
             try:
-                pending.append((item, read_image(item.path)))
+                image = read_image(item.path)
             except DetsegError as exc:
                 self._fail(item, str(exc))
+                continue
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not end the run
                 self._fail(item, f"cannot read ({type(exc).__name__}: {exc})")
-            if len(pending) == self.batch_size:
-                self._preprocess(pending)
-                pending = []
-        if pending:
-            self._preprocess(pending)
+                continue
+            key = size_for(image.shape[:2]) if size_for is not None else None
+            group = groups.setdefault(key, [])
+            group.append((item, image))
+            waiting += 1
+            if len(group) < self.batch_size and waiting <= 2 * self.batch_size:
+                continue
+            if len(group) < self.batch_size:
+                key = max(groups, key=lambda k: len(groups[k]))
+            batch = groups.pop(key)
+            waiting -= len(batch)
+            self._preprocess(batch)
+        for batch in groups.values():
+            self._preprocess(batch)
 
     def _preprocess(self, pending: list[tuple[SourceItem, np.ndarray]]) -> None:
         try:

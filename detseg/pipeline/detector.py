@@ -10,7 +10,18 @@ The three stages are also public so that a batch runner can overlap them in thre
     outputs = det.infer(tensor)                   # onnxruntime
     dets = det.postprocess(outputs, transforms, conf=0.25, iou=0.45, max_det=300)
 
-`predict` is exactly those three calls, chunked by `Detector.batch_size`.
+`predict` is exactly those three calls, on the images grouped by input size (below) and
+chunked by `Detector.batch_size`.
+
+Input size. A model with a fixed input (H, W) is fed that. An Ultralytics model whose input
+height and width are dynamic (``export(dynamic=True)``) is fed what Ultralytics' own predictor
+feeds it by default (``rect``): each image letterboxed at the ratio of ``imgsz`` but padded only
+to the next multiple of the stride (640x480 for a 4:3 photo at 640: 25 % fewer pixels).
+`preprocess` does that when all its images need the same rectangle, and feeds ``imgsz`` to a
+batch that mixes rectangles (Ultralytics does the same for a batch of mixed shapes);
+`predict` groups images by `input_size_for`, so that every image gets its rectangle and its
+result does not depend on the other images of the call: the same as Ultralytics' predictor
+given that image alone.
 """
 
 from __future__ import annotations
@@ -26,7 +37,12 @@ from detseg.errors import InputError, ModelError
 from detseg.pipeline import heads
 from detseg.pipeline.meta import ModelMeta, resolve_meta
 from detseg.pipeline.postprocess import select
-from detseg.pipeline.preprocess import LetterboxTransform, boxes_to_original, preprocess_batch
+from detseg.pipeline.preprocess import (
+    LetterboxTransform,
+    batch_input_size,
+    boxes_to_original,
+    preprocess_batch,
+)
 from detseg.pipeline.session import Session
 
 DEFAULT_DYNAMIC_BATCH = 8
@@ -49,6 +65,14 @@ class Detector:
         self.fixed_batch = session.batch_size
         self.batch_size = self.fixed_batch or int(batch_size or DEFAULT_DYNAMIC_BATCH)
         self._check_input()
+        shape = session.input_shape
+        dynamic_hw = all(not (isinstance(d, int) and d > 0) for d in shape[2:4])
+        #: stride of the minimum-rectangle letterbox, or None (always ``meta.imgsz``)
+        self.rect_stride: int | None = (
+            int(meta.stride)
+            if dynamic_hw and meta.family == "ultralytics" and meta.letterbox == "center"
+            else None
+        )
 
     @classmethod
     def load(
@@ -87,11 +111,31 @@ class Detector:
     def preprocess(
         self, images: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[LetterboxTransform]]:
-        """Letterbox and stack (H_i, W_i, 3) uint8 RGB images -> ((B, 3, H, W) tensor, transforms)."""
+        """Letterbox and stack (H_i, W_i, 3) uint8 RGB images -> ((B, 3, H, W) tensor, transforms).
+
+        (H, W) is ``meta.imgsz``, or, for a dynamic-size Ultralytics model, the images' common
+        minimum rectangle when they share one (see the module docstring).
+        """
         m = self.meta
         return preprocess_batch(
-            images, m.imgsz, m.letterbox, m.pad_value, m.channels, m.scale, self.session.input_dtype
+            images,
+            m.imgsz,
+            m.letterbox,
+            m.pad_value,
+            m.channels,
+            m.scale,
+            self.session.input_dtype,
+            stride=self.rect_stride,
         )
+
+    def input_size_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The model input (H, W) an image of ``image_size`` (h, w) gets when batched with
+        images that get the same: a key to group a stream of images by."""
+        m = self.meta
+        h, w = image_size[:2]
+        if h < 1 or w < 1:  # not an image: `preprocess` rejects it with the reason
+            return tuple(m.imgsz)
+        return batch_input_size([(h, w)], m.imgsz, m.letterbox, self.rect_stride)
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model on a (B, 3, H, W) tensor; loops over a fixed-batch model's batch size.
@@ -141,15 +185,24 @@ class Detector:
         """Detections for each (H, W, 3) uint8 RGB image (a list, or one array for one image).
 
         Boxes are xyxy in original-image pixels; seg models add (N, H, W) bool masks.
+        Images are batched with those of the same `input_size_for`; results keep the input order.
         """
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
         _check_thresholds(conf, iou, max_det)
-        results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            tensor, transforms = self.preprocess(images[start : start + self.batch_size])
-            results.extend(self.postprocess(self.infer(tensor), transforms, conf, iou, max_det))
-        return results
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            key = self.input_size_for(im.shape) if getattr(im, "ndim", 0) == 3 else None
+            groups.setdefault(key, []).append(i)  # type: ignore[arg-type]
+        results: list[Detections | None] = [None] * len(images)
+        for index in groups.values():
+            for start in range(0, len(index), self.batch_size):
+                chunk = index[start : start + self.batch_size]
+                tensor, transforms = self.preprocess([images[i] for i in chunk])
+                dets = self.postprocess(self.infer(tensor), transforms, conf, iou, max_det)
+                for i, d in zip(chunk, dets, strict=True):
+                    results[i] = d
+        return results  # type: ignore[return-value]
 
     def warmup(self) -> None:
         """One run on a blank batch, so the first real call is not slowed by lazy setup."""

@@ -259,3 +259,32 @@ def test_a_second_concurrent_run_is_refused(folder: Path, tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.communicate()
+
+
+class _RectFake(FakeDetector):
+    """A fake whose input size depends on the image's width parity (as a dynamic-size model's
+    minimum rectangle depends on its shape): records the keys each batch mixes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_keys: list[set] = []
+
+    def input_size_for(self, image_size):
+        return (32, 32 + image_size[1] % 4)
+
+    def preprocess(self, images):
+        self.batch_keys.append({self.input_size_for(im.shape[:2]) for im in images})
+        return super().preprocess(images)
+
+
+def test_batches_group_images_by_input_size(folder: Path, tmp_path: Path) -> None:
+    """A detector with `input_size_for` gets batches of one input size each, every image once,
+    and the same records as one-image batches."""
+    det = _RectFake()
+    out = tmp_path / "rect.json"
+    summary = run_predict(det, folder, out, batch_size=3, progress=False, conf=0.0)
+    assert summary.done == N_IMAGES
+    assert all(len(keys) == 1 for keys in det.batch_keys), det.batch_keys
+    assert sum(det.batch_sizes) == N_IMAGES and max(det.batch_sizes) == 3
+    assert len({k for keys in det.batch_keys for k in keys}) == 2  # both groups were seen
+    assert _canon(_records(out)) == _canon(_expected(folder))

@@ -176,3 +176,34 @@ def test_bad_image_is_an_input_error(detect_model):
     det = Detector.load(detect_model, device="cpu")
     with pytest.raises(InputError, match="uint8 RGB"):
         det.predict([np.zeros((8, 8), np.uint8)])
+
+
+def test_dynamic_size_model_gets_ultralytics_minimum_rectangle(tmp_path):
+    """Dynamic H and W: each image's minimum rectangle (per `input_size_for`), results in input
+    order; a fixed-size model always gets imgsz."""
+    pred = _detect_pred()
+    meta = ultralytics_metadata(NAMES, imgsz=(128, 128))
+    dyn = constant_head_model(tmp_path / "dyn.onnx", pred, imgsz=("h", "w"), metadata=meta)
+    det = Detector.load(dyn, device="cpu")
+    assert det.rect_stride == 32 and det.meta.imgsz == (128, 128)
+    assert det.input_size_for((48, 64)) == (96, 128)  # 2x: 96x128, nothing to pad
+    assert det.input_size_for((64, 40)) == (128, 96)  # 128x80, width padded to 96
+    assert det.input_size_for((10, 10)) == (128, 128)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(48, 64, 3), (64, 40, 3),
+                                                                (24, 32, 3), (10, 10, 3)]]
+    tensor, transforms = det.preprocess(images[:1] + images[2:3])  # one rectangle: 96x128
+    assert tensor.shape == (2, 3, 96, 128) and transforms[0].pad == (0, 0)
+    tensor, transforms = det.preprocess(images[:2])  # two rectangles: imgsz, as Ultralytics
+    assert tensor.shape == (2, 3, 128, 128)
+    together = det.predict(images, conf=0.05)
+    assert [d.image_size for d in together] == [im.shape[:2] for im in images]
+    for im, d in zip(images, together, strict=True):
+        np.testing.assert_array_equal(d.boxes, det.predict([im], conf=0.05)[0].boxes)
+    with pytest.raises(InputError, match="non-empty"):
+        det.predict([images[0], np.zeros((0, 5, 3), np.uint8)])
+
+    fixed = constant_head_model(tmp_path / "fixed.onnx", pred, imgsz=(128, 128), metadata=meta)
+    det = Detector.load(fixed, device="cpu")
+    assert det.rect_stride is None and det.input_size_for((48, 64)) == (128, 128)
+    assert det.preprocess(images[:1])[0].shape == (1, 3, 128, 128)

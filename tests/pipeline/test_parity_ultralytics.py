@@ -10,6 +10,12 @@ Five exports: YOLOv8n and YOLOv8n-seg with dynamic shapes (batched by detseg), Y
 with a fixed 1x3x320x320 input (looped, and Ultralytics' default predictor settings), and
 YOLO26n / YOLO26n-seg exported NMS-free (``end2end`` outputs).
 
+Ultralytics' predictor runs with its default settings, one image per call: on the
+dynamic-shape exports it letterboxes each image to its minimum stride-multiple rectangle
+(``rect``), on the fixed one to 320x320; detseg, given all images in one call, must feed each
+image the same input (it groups images by rectangle). A second test feeds a batch of mixed
+shapes through both (square for both: Ultralytics' ``pre_transform`` rule).
+
 Compared per image, for images of several aspect ratios: every detection has a partner of the
 same class with every box edge within 1 px and the same score (to 1e-4), counts are equal, and
 masks at the original resolution have IoU >= 0.99 with Ultralytics' masks (its predictor's
@@ -134,21 +140,31 @@ def exported(tmp_path_factory, test_images) -> dict[str, Path]:
     return files
 
 
-def _reference(onnx_path: Path, image_bgr: np.ndarray, task: str, rect: bool):
+def _reference(
+    onnx_path: Path, image_bgr: np.ndarray, task: str, rect: bool | None = None, results=None
+):
+    """Ultralytics' predictor on one image, default settings (``rect`` included); or, with
+    ``results``, one of its `Results` already computed.
+
+    ``rect=False`` is only for a model whose batch is dynamic but whose H and W are fixed
+    (detseg's own exports): Ultralytics takes any dynamic output batch for a dynamic-shape
+    model and would feed it a rectangle it cannot take.
+    """
     from ultralytics import YOLO
     from ultralytics.utils.ops import scale_masks
 
-    kwargs = {} if rect else {"rect": False}
-    r = YOLO(str(onnx_path), task=task).predict(
-        image_bgr,
-        imgsz=IMGSZ,
-        conf=CONF,
-        iou=IOU,
-        max_det=MAX_DET,
-        device="cpu",
-        verbose=False,
-        **kwargs,
-    )[0]
+    r = results
+    if r is None:
+        r = YOLO(str(onnx_path), task=task).predict(
+            image_bgr,
+            imgsz=IMGSZ,
+            conf=CONF,
+            iou=IOU,
+            max_det=MAX_DET,
+            device="cpu",
+            verbose=False,
+            **({} if rect is None else {"rect": rect}),
+        )[0]
     boxes = r.boxes.xyxy.numpy()
     masks = None
     if task == "segment":
@@ -185,15 +201,12 @@ def test_same_detections_as_ultralytics(exported, test_images, key):
     )
     assert det.fixed_batch == (1 if key == "segment-fixed" else None)
     assert det.meta.end2end == key.startswith("e2e")
+    assert det.rect_stride == (None if key == "segment-fixed" else 32)
     # One detseg call for all images (batched on dynamic models, looped on the fixed one).
     ours = det.predict([im[:, :, ::-1] for im in test_images], conf=CONF, iou=IOU, max_det=MAX_DET)
     total = 0
     for image, d in zip(test_images, ours, strict=True):
-        # A dynamic-shape export makes Ultralytics letterbox to the smallest stride-multiple
-        # rectangle (rect=True); detseg always feeds imgsz x imgsz, so rect is turned off there.
-        boxes, scores, cls, masks = _reference(
-            exported[key], image, task, rect=key == "segment-fixed"
-        )
+        boxes, scores, cls, masks = _reference(exported[key], image, task)
         assert d.image_size == image.shape[:2]
         assert len(d) == len(boxes), (len(d), len(boxes))
         pairs = _match(boxes, scores, cls, d.boxes, d.scores, d.class_ids)
@@ -215,6 +228,35 @@ def test_same_detections_as_ultralytics(exported, test_images, key):
     assert total >= MIN_MATCHED_PER_IMAGE * len(test_images)
 
 
+@pytest.mark.parametrize("key", ["detect", "segment"])
+def test_mixed_shape_batch_as_ultralytics(exported, test_images, key):
+    """The stage API on one batch of mixed shapes: both tools feed imgsz x imgsz (Ultralytics
+    `pre_transform` uses its minimum rectangle only for a batch of one shape)."""
+    from ultralytics import YOLO
+
+    task = key
+    det = Detector.load(exported[key], device="cpu")
+    images = test_images[:3]  # bus, zidane, and a COCO image or the tall one
+    tensor, transforms = det.preprocess([im[:, :, ::-1] for im in images])
+    assert tensor.shape[2:] == (IMGSZ, IMGSZ)
+    ours = det.postprocess(det.infer(tensor), transforms, conf=CONF, iou=IOU, max_det=MAX_DET)
+    refs = YOLO(str(exported[key]), task=task).predict(
+        images, imgsz=IMGSZ, conf=CONF, iou=IOU, max_det=MAX_DET, device="cpu", verbose=False,
+        batch=len(images),
+    )
+    for image, d, r in zip(images, ours, refs, strict=True):
+        boxes, scores, cls, masks = _reference(exported[key], image, task, results=r)
+        assert len(d) == len(boxes) >= MIN_MATCHED_PER_IMAGE
+        pairs = _match(boxes, scores, cls, d.boxes, d.scores, d.class_ids)
+        assert -1 not in pairs
+        np.testing.assert_allclose(d.scores[pairs], scores, atol=1e-4)
+        if masks is not None:
+            for j, ref_mask in zip(pairs, masks, strict=True):
+                inter = np.logical_and(d.masks[j], ref_mask).sum()
+                union = np.logical_or(d.masks[j], ref_mask).sum()
+                assert (inter / union if union else 1.0) >= 0.99, inter / union
+
+
 def test_comparison_detects_a_wrong_letterbox(exported, test_images):
     """Negative control: YOLOX's top-left placement instead of Ultralytics' centred one must
     break the match, so the parity test above can fail."""
@@ -224,6 +266,6 @@ def test_comparison_detects_a_wrong_letterbox(exported, test_images):
     det.meta = replace(det.meta, letterbox="topleft")
     image = test_images[0]  # bus.jpg, 1080 x 810: centred padding differs from top-left
     [d] = det.predict([image[:, :, ::-1]], conf=CONF, iou=IOU, max_det=MAX_DET)
-    boxes, scores, cls, _ = _reference(exported["detect"], image, "detect", rect=False)
+    boxes, scores, cls, _ = _reference(exported["detect"], image, "detect")
     pairs = _match(boxes, scores, cls, d.boxes, d.scores, d.class_ids)
     assert pairs.count(-1) > len(pairs) // 2

@@ -158,3 +158,82 @@ def test_bad_images(bad, message):
 def test_empty_batch():
     with pytest.raises(InputError, match="at least one image"):
         preprocess_batch([], (64, 64))
+
+
+# ---- minimum rectangle (Ultralytics' predictor `rect`, dynamic-size models) -------------------
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("input_size", [(320, 320), (640, 640), (256, 320)])
+@pytest.mark.parametrize("stride", [32, 16])
+def test_rect_matches_ultralytics_letterbox_auto(size, input_size, stride):
+    """Shape, padding and pixels of `LetterBox(auto=True)` (what `pre_transform` uses)."""
+    import_ultralytics()
+    from ultralytics.data.augment import LetterBox
+
+    img = _image(*size)
+    ref = LetterBox(input_size, auto=True, stride=stride)(image=img)
+    out, t = letterbox(img, input_size, "center", stride=stride)
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+    assert t.input_size == ref.shape[:2]
+    assert all((full - s) % stride == 0 for s, full in zip(t.input_size, input_size, strict=True))
+    # Same resized image as the full-size letterbox: only the padding shrinks.
+    assert t.resized == letterbox_params(size, input_size, "center").resized
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("input_size", [(320, 320), (640, 640)])
+def test_rect_boxes_to_original_matches_ultralytics_scale_boxes(size, input_size):
+    """Ultralytics maps boxes back from the rectangle's shape alone (`scale_boxes`)."""
+    import_ultralytics()
+    import torch
+    from ultralytics.utils.ops import scale_boxes
+
+    t = letterbox_params(size, input_size, "center", stride=32)
+    rng = np.random.default_rng(2)
+    xy = rng.uniform(-20, max(t.input_size) + 20, (50, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0, 200, (50, 2))], axis=1).astype(np.float32)
+    ref = scale_boxes(t.input_size, torch.from_numpy(boxes.copy()), size).numpy()
+    np.testing.assert_allclose(boxes_to_original(boxes, t), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_rect_examples():
+    """Hand-checked: a 4:3 photo at 640 gets 640x480 (no padding); 426x640 gets 448x640."""
+    assert letterbox_params((480, 640), (640, 640), stride=32).input_size == (480, 640)
+    t = letterbox_params((426, 640), (640, 640), stride=32)
+    assert (t.input_size, t.pad, t.resized) == ((448, 640), (0, 11), (426, 640))
+    assert letterbox_params((1080, 810), (320, 320), stride=32).input_size == (320, 256)
+    with pytest.raises(InputError, match="stride"):
+        letterbox_params((10, 10), (32, 32), stride=0)
+
+
+def _pixels(tensor):
+    """(B, 3, H, W) float RGB / 255 -> (B, H, W, 3) uint8."""
+    return np.rint(tensor * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def test_preprocess_batch_rect_as_ultralytics_pre_transform():
+    """A batch of one shape -> its rectangle (LetterBox(auto=True) per image); a batch mixing
+    rectangles -> the full size (LetterBox(auto=False)), as the predictor's `pre_transform`."""
+    import_ultralytics()
+    from ultralytics.data.augment import LetterBox
+
+    same = [_image(427, 640, seed) for seed in range(3)]
+    tensor, ts = preprocess_batch(same, (640, 640), stride=32)
+    ref = np.stack([LetterBox((640, 640), auto=True, stride=32)(image=im) for im in same])
+    assert tensor.shape == (3, 3, 448, 640)
+    np.testing.assert_array_equal(_pixels(tensor), ref)
+    assert all(t.input_size == (448, 640) for t in ts)
+
+    mixed = [_image(427, 640), _image(640, 480), _image(100, 100)]
+    tensor, ts = preprocess_batch(mixed, (640, 640), stride=32)
+    ref = np.stack([LetterBox((640, 640), auto=False, stride=32)(image=im) for im in mixed])
+    np.testing.assert_array_equal(_pixels(tensor), ref)
+    assert all(t.input_size == (640, 640) for t in ts)
+
+    # Different shapes that need the same rectangle: each as LetterBox(auto=True) alone.
+    near = [_image(427, 640), _image(426, 640), _image(425, 640)]
+    tensor, _ = preprocess_batch(near, (640, 640), stride=32)
+    ref = np.stack([LetterBox((640, 640), auto=True, stride=32)(image=im) for im in near])
+    np.testing.assert_array_equal(_pixels(tensor), ref)
+    # Without a stride nothing changes.
+    assert preprocess_batch(same, (640, 640))[0].shape == (3, 3, 640, 640)
