@@ -112,15 +112,21 @@ def family_defaults(family: str) -> ModelMeta:
     return ModelMeta(family="ultralytics")
 
 
+def _parsed(value: Any, where: str, field: str, expected: str) -> Any:
+    """A metadata value, parsed when it is a Python-literal string (never eval'd)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise ModelError(
+            f"{where}: field '{field}': expected {expected}, found {value[:80]!r}"
+        ) from None
+
+
 def parse_names(value: Any, where: str) -> dict[int, str]:
     """Class names from a list, a dict (str or int keys), or their Python-literal string."""
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ModelError(
-                f"{where}: field 'names': expected a dict or list literal, found {value[:80]!r}"
-            ) from None
+    value = _parsed(value, where, "names", "a dict or list literal")
     if isinstance(value, Mapping):
         try:
             return {int(k): str(v) for k, v in value.items()}
@@ -136,13 +142,7 @@ def parse_names(value: Any, where: str) -> dict[int, str]:
 
 
 def _parse_imgsz(value: Any, where: str) -> tuple[int, int]:
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ModelError(
-                f"{where}: field 'imgsz': expected [h, w] or an int, found {value!r}"
-            ) from None
+    value = _parsed(value, where, "imgsz", "[h, w] or an int")
     if isinstance(value, int):
         return (value, value)
     if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):

@@ -49,3 +49,11 @@ def write_report(path: Path, passed: bool, **fields: Any) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     return report
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks; 0.0 when their shapes differ, 1.0 when both are empty."""
+    if a.shape != b.shape:
+        return 0.0
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

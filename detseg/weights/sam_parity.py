@@ -23,6 +23,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from detseg.pipeline.sam import SamPredictor, _open_session, prompt_arrays, resize_longest_side
+from detseg.weights.report import mask_iou
 
 RAW_RTOL = 1e-3  # max abs diff allowed per unit of the reference output's max magnitude
 MIN_IOU = 0.99
@@ -59,12 +60,6 @@ def sample_prompts(h: int, w: int) -> dict[str, dict[str, Any]]:
             "point_labels": np.array([0]),
         },
     }
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks of the same shape; 1.0 when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _diff(name: str, ours: np.ndarray, ref: np.ndarray) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from detseg.weights.report import array_diff
+from detseg.pipeline.postprocess import iou_one_to_many
+from detseg.weights.report import array_diff, mask_iou
 
 RTOL = 1e-4
 ATOL = 1e-4
@@ -150,7 +151,7 @@ def match_detections(
         candidates = np.flatnonzero((cls == ref_cls[i]) & ~used)
         if candidates.size == 0:
             continue
-        ious = _box_iou(ref_boxes[i], boxes[candidates])
+        ious = iou_one_to_many(ref_boxes[i], boxes[candidates])
         j = candidates[int(np.argmax(ious))]
         if ious.max() < 0.5:
             continue
@@ -158,7 +159,7 @@ def match_detections(
         box_ious.append(float(ious.max()))
         score_diffs.append(float(abs(ref_scores[i] - scores[j])))
         if ref_masks is not None and masks is not None:
-            mask_ious.append(_mask_iou(ref_masks[i], masks[j]))
+            mask_ious.append(mask_iou(ref_masks[i], masks[j]))
     matched = len(box_ious)
     report = {
         "reference": int(len(ref_boxes)),
@@ -207,21 +208,3 @@ def _dense_masks(det: Any) -> np.ndarray | None:
     from pycocotools import mask as mask_utils
 
     return np.stack([mask_utils.decode(r).astype(bool) for r in det.masks]) if det.masks else None
-
-
-def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        return 0.0
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
