@@ -172,7 +172,7 @@ def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
     match = m.det_match(a, t)
     matched = match >= 0
     safe = np.where(matched, match, 0)
-    gt_idx = m.gt[safe]
+    gt_idx = m.gt[safe] if m.gt.size else safe  # no ground truth: nothing is matched
     ignored = (matched & m.gt_ignore[a, safe]) if m.gt.size else matched
     tp = matched & ~ignored & ((ev.gt.ids[gt_idx] != 0) if m.gt.size else matched)
     fp = ~tp & ~ignored

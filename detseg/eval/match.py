@@ -38,7 +38,9 @@ class Matching:
         gt_ignore: (A, G) bool, crowd or area outside range ``a``.
         det_out: (A, D) bool, detection area outside range ``a``.
         m_a, m_t, m_det, m_gt: (E,) the matches: lane indices, index into ``det``, index
-            into ``gt``.
+            into ``gt`` (int32 unless the arrays are huge).
+        by_category: (D,) indices into ``det`` in pycocotools' ``accumulate`` order: category,
+            score descending, image, rank (None when not computed).
     """
 
     det: np.ndarray
@@ -50,6 +52,7 @@ class Matching:
     m_t: np.ndarray
     m_det: np.ndarray
     m_gt: np.ndarray
+    by_category: np.ndarray | None = None
 
     def det_match(self, a: int, t: int) -> np.ndarray:
         """(D,) index into ``gt`` of each detection's match in lane (a, t), -1 if none."""
@@ -79,6 +82,38 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(np.r_[starts, n])
     rank = np.arange(n) - np.repeat(starts, lengths)
     return starts, rank
+
+
+def _by_category(res: Results) -> np.ndarray:
+    """(M,) result indices ordered by (category, score descending, image, file order).
+
+    Stable sorts applied from the last key to the first (radix sorts for the small integer
+    keys): one float sort serves both orders that evaluation needs, since a further stable
+    sort by image gives the (image, category, score, file order) order of `match`.
+    """
+    by_img = stable_argsort(res.img)
+    by_score = by_img[np.argsort(descending_key(res.score[by_img]), kind="stable")]
+    return by_score[stable_argsort(res.cat[by_score])]
+
+
+def descending_key(x: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is the descending order of float64 ``x`` (no NaN).
+
+    Equal floats get equal keys (-0.0 counts as 0.0, as in a float comparison). numpy's
+    stable sort is faster on int64 than on float64.
+    """
+    bits = (x + 0.0).view(np.int64)  # + 0.0 turns -0.0 into 0.0
+    # IEEE order as signed integers: flip the magnitude bits of negative values
+    key = np.where(bits < 0, bits ^ np.int64(0x7FFFFFFFFFFFFFFF), bits)
+    return np.invert(key, out=key)  # ~k = -k - 1: reverses the order without overflow
+
+
+def _positions_in(det: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
+    """Positions in ``det`` (a subset of range(n)) of the elements of ``order`` it holds."""
+    pos = np.full(n, -1, np.int64)
+    pos[det] = np.arange(det.shape[0])
+    out = pos[order]
+    return out[out >= 0]
 
 
 def box_iou_pairs(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -126,10 +161,8 @@ def match(gt: GroundTruth, res: Results, iou_thrs: np.ndarray, area_rng: np.ndar
     ncat = len(gt.cat_ids)
     # Detections: grouped by (image, category), score descending, file order on ties.
     dkey = res.img * ncat + res.cat
-    # stable sorts (radix on small keys): score, then image... cheaper than one lexsort
-    order = np.argsort(-res.score, kind="stable")
-    order = order[stable_argsort(res.cat[order])]
-    order = order[stable_argsort(res.img[order])]
+    by_cat = _by_category(res)
+    order = by_cat[stable_argsort(res.img[by_cat])]
     _, rank = _groups(dkey[order])
     keep = rank < max_det
     det, det_rank, dkey = order[keep], rank[keep], dkey[order][keep]
@@ -144,10 +177,14 @@ def match(gt: GroundTruth, res: Results, iou_thrs: np.ndarray, area_rng: np.ndar
     n_a = area_rng.shape[0]
     found: list[tuple[np.ndarray, ...]] = []
 
+    # matches are many (lanes x detections): a compact dtype halves their memory
+    idx_t = np.int32 if max(det.shape[0], gts.shape[0]) < 2**31 else np.int64
+
     def result() -> Matching:
-        cols = [np.concatenate(c) if c else np.zeros(0, np.int64) for c in zip(*found, strict=True)]
-        cols = cols or [np.zeros(0, np.int64)] * 4
-        return Matching(det, det_rank, gts, gt_ignore, det_out, *cols)
+        cols = [np.concatenate(c, dtype=idx_t, casting="same_kind") for c in zip(*found, strict=True)]
+        cols = cols or [np.zeros(0, idx_t)] * 4
+        return Matching(det, det_rank, gts, gt_ignore, det_out, *cols,
+                        by_category=_positions_in(det, by_cat, res.score.shape[0]))
 
     if det.size == 0 or gts.size == 0:
         return result()
@@ -221,9 +258,14 @@ def _greedy(pair_det: np.ndarray, pair_gt: np.ndarray, iou: np.ndarray, pair_ste
         sl = slice(bounds[s], bounds[s + 1])
         pd, pg, pi = pair_det[sl], pair_gt[sl], iou[sl]
         new = np.r_[True, pd[1:] != pd[:-1]]
+        cand = (~taken[:, :, pg] | crowd[pg]) & (pi >= thr3)
+        if new.all():  # one pair per detection (the usual case): every candidate wins
+            a_i, t_i, won = np.nonzero(cand)
+            taken[a_i, t_i, pg[won]] = True
+            out.append((a_i + a_offset, t_i, pd[won], pg[won]))
+            continue
         seg = np.flatnonzero(new)
         seg_id = np.cumsum(new) - 1
-        cand = (~taken[:, :, pg] | crowd[pg]) & (pi >= thr3)
         cand_reg = cand & ~gt_ignore[:, pg][:, None, :]
         has_reg = np.logical_or.reduceat(cand_reg, seg, axis=2)[:, :, seg_id]
         pref = cand_reg | (cand & ~has_reg)

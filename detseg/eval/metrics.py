@@ -117,12 +117,10 @@ def accumulate(m: Matching, gt: GroundTruth, res: Results, p: EvalParams
     recall = -np.ones((n_t, n_k, n_a, n_m))
     scores = -np.ones((n_t, n_r, n_k, n_a, n_m))
     n_det = m.det.shape[0]
-    # pycocotools concatenates images in id order, then stable-sorts by score.
-    # m.det is in (image, category, rank) order: two stable sorts give (category, -score,
-    # image, rank) without a 4-key lexsort
+    # pycocotools concatenates images in id order, then stable-sorts by score: the order
+    # (category, -score, image, rank), which `match` computed already
     cat = res.cat[m.det]
-    order = np.argsort(-res.score[m.det], kind="stable")
-    order = order[stable_argsort(cat[order])]
+    order = m.by_category if m.by_category is not None else _by_category_positions(m, res)
     idx_t = np.int32 if n_det < 2**31 else np.int64  # compact dtypes: less memory traffic
     pos = np.empty(n_det, idx_t)
     pos[order] = np.arange(n_det, dtype=idx_t)
@@ -131,34 +129,14 @@ def accumulate(m: Matching, gt: GroundTruth, res: Results, p: EvalParams
     gcat = gt.cat[m.gt]
     npig = np.stack([np.bincount(gcat[~m.gt_ignore[a]], minlength=n_k) for a in range(n_a)])
 
-    # Matched entries: lane (a, t), position in the category's score order, flags.
-    e_a, e_t, e_pos = m.m_a.astype(np.int32), m.m_t.astype(np.int32), pos[m.m_det]
-    hit = gt.ids[m.gt[m.m_gt]] != 0  # pycocotools stores the matched id and tests its truth
-    gig = m.gt_ignore[e_a, m.m_gt]
-    out = m.det_out[e_a, m.m_det]
-    e_tp = hit & ~gig
-    # In range and not a false positive (pycocotools: ignored = matched to an ignored GT,
-    # or not hit and out of range).
-    e_corr = ~out & (hit | gig)
-    # sort entries by (lane, position): three radix passes over 15-bit digits
-    lane = e_a * n_t + e_t
-    if n_det < 2**30:
-        e_pos = e_pos.astype(np.int32)
-        srt = stable_argsort(e_pos & 0x7FFF)
-        srt = srt[stable_argsort((e_pos >> 15)[srt])]
-        srt = srt[stable_argsort(lane[srt])]
-    else:
-        srt = np.lexsort((e_pos, lane))
-    e_a, e_t, e_pos, e_tp, e_corr = (x[srt] for x in (e_a, e_t, e_pos, e_tp, e_corr))
-    e_k = cat_o[e_pos].astype(np.int32)
-    e_rank = rank_o[e_pos]
+    e = _entries(m, gt, pos, cat_o, rank_o, n_t, n_k)
     in_range_o = ~m.det_out[:, order]  # (A, D) in score order
-    need = np.zeros((n_a, n_k, n_r), np.int64)  # true positives needed per recall threshold
-    for n in np.unique(npig[npig > 0]).tolist():
-        need[npig == n] = _need(n, p.rec_thrs)
-    need = need[:, None]  # (A, 1, K, R)
+    need = _need(npig, p.rec_thrs)[:, None]  # (A, 1, K, R) true positives per recall threshold
     valid = (npig > 0).T[None, None]  # (1, 1, K, A) in precision's layout
-    eps = np.spacing(1)
+    n_g = n_a * n_t * n_k
+    g_a, _, g_k = np.unravel_index(np.arange(n_g), (n_a, n_t, n_k))
+    g_cnt0 = g_a * (n_det + 1) + cat_start[g_k]  # (G,) flat index of each group's count base
+    cnt = np.zeros((n_a, n_det + 1), np.int32 if n_det < 2**31 else np.int64)
     for mi, max_det in enumerate(p.max_dets):
         keep_o = rank_o < max_det
         kept = np.r_[0, np.cumsum(keep_o)]
@@ -167,31 +145,18 @@ def accumulate(m: Matching, gt: GroundTruth, res: Results, p: EvalParams
         s0 = np.where(nd > 0, score_o[np.minimum(first, max(n_det - 1, 0))] if n_det else 0.0, 0.0)
         # fp candidates up to each position: in range and kept, counted from the category start
         counted = in_range_o if max_det >= p.max_dets[-1] else in_range_o & keep_o
-        cnt = np.zeros((n_a, n_det + 1), np.int32 if n_det < 2**31 else np.int64)
         np.cumsum(counted, axis=1, out=cnt[:, 1:])
-        if max_det >= p.max_dets[-1]:  # every kept detection
-            a_, t_, k_, p_, tp_, corr_ = e_a, e_t, e_k, e_pos, e_tp, e_corr
-        else:
-            sel = np.flatnonzero(e_rank < max_det)
-            a_, t_, k_, p_, tp_, corr_ = (x[sel] for x in (e_a, e_t, e_k, e_pos, e_tp, e_corr))
-        group = (a_.astype(np.int64) * n_t + t_) * n_k + k_
-        g_start = np.r_[True, group[1:] != group[:-1]] if group.size else np.zeros(0, bool)
-        corr_c = _seg_cumsum(corr_, g_start)
-        tp_c = _seg_cumsum(tp_, g_start)
-        # the true positives, in order: the v-th true positive of its group has tp_sum = v
-        sel_tp = np.flatnonzero(tp_)
-        a_, k_, p_, v, corr_c, group = (x[sel_tp] for x in (a_, k_, p_, tp_c, corr_c, group))
-        fp = (cnt[a_, p_ + 1] - cnt[a_, cat_start[k_]]) - corr_c
-        pr = v / ((fp + v) + eps)
-        pr_env = np.r_[_seg_suffix_max(pr, group), 0.0]  # a sentinel for empty lookups
-        tp_score = np.r_[score_o[p_], 0.0]
-        ntp = np.bincount(group, minlength=n_a * n_t * n_k).reshape(n_a, n_t, n_k)
+        use = None if max_det >= p.max_dets[-1] else e.rank < max_det
+        group, pr, tp_pos = _tp_curve(e, use, cnt.reshape(-1), g_cnt0)
+        ntp = np.bincount(group, minlength=n_g).reshape(n_a, n_t, n_k)
         start = (np.cumsum(ntp) - ntp.reshape(-1)).reshape(ntp.shape)
         ntp4 = ntp[..., None]
         inside = (need <= ntp4) & (ntp4 > 0)  # (A, T, K, R)
-        at = np.where(inside, start[..., None] + np.maximum(need - 1, 0), pr_env.size - 1)
-        prec = pr_env[at]
-        sc = np.where(need == 0, s0[None, None, :, None], tp_score[at])
+        # the true positive reaching each recall threshold (a prefix of R in each group)
+        at = np.where(inside, start[..., None] + np.maximum(need - 1, 0), 0)
+        prec = _suffix_max_at(pr, at, inside, start + ntp)
+        tp_score = np.where(inside, score_o[tp_pos[at]], 0.0) if tp_pos.size else np.zeros(at.shape)
+        sc = np.where(need == 0, s0[None, None, :, None], tp_score)
         sc = np.where(nd[None, None, :, None] > 0, sc, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             rc = ntp / npig[:, None, :]
@@ -201,38 +166,173 @@ def accumulate(m: Matching, gt: GroundTruth, res: Results, p: EvalParams
     return precision, recall, scores
 
 
-_NEED_CACHE: dict[tuple[int, bytes], np.ndarray] = {}
+@dataclass
+class _Entries:
+    """Match entries sorted by group (area range, IoU threshold, category), then score.
+
+    Attributes (all (E,)): group id ``(a * T + t) * K + k``; position in the category's score
+    order; rank in the detection's (image, category); flat index into the (A, D + 1) running
+    count of in-range detections just after the entry; true-positive flag; "in range and not a
+    false positive" flag. ``group_first``: (G + 1,) first entry of each group.
+    """
+
+    group: np.ndarray
+    pos: np.ndarray
+    rank: np.ndarray
+    cnt_idx: np.ndarray
+    tp: np.ndarray
+    corr: np.ndarray
+    group_first: np.ndarray
 
 
-def _need(n: int, rec_thrs: np.ndarray) -> np.ndarray:
-    """Smallest true-positive count v with v / n >= each recall threshold (same floats)."""
-    key = (n, rec_thrs.tobytes())
-    if key not in _NEED_CACHE:
-        if len(_NEED_CACHE) > 4096:
-            _NEED_CACHE.clear()
-        _NEED_CACHE[key] = np.searchsorted(np.arange(n + 1) / n, rec_thrs, side="left")
-    return _NEED_CACHE[key]
+def _entries(m: Matching, gt: GroundTruth, pos: np.ndarray, cat_o: np.ndarray,
+             rank_o: np.ndarray, n_t: int, n_k: int) -> _Entries:
+    """The matches of ``m`` as `_Entries`, in compact dtypes (less memory to touch).
+
+    Args:
+        pos: (D,) position of each ``m.det`` in score order; cat_o, rank_o: (D,) category
+            and rank in score order.
+    """
+    n_a, n_det = m.gt_ignore.shape[0], pos.shape[0]
+    e_a = m.m_a.astype(np.int32, copy=False)
+    lane = e_a * n_t + m.m_t.astype(np.int32, copy=False)
+    e_pos = pos[m.m_det]
+    hit = (gt.ids[m.gt] != 0)[m.m_gt]  # pycocotools stores the matched id and tests its truth
+    gig = m.gt_ignore[e_a, m.m_gt]
+    out = m.det_out[e_a, m.m_det]
+    tp = hit & ~gig
+    # In range and not a false positive (pycocotools: ignored = matched to an ignored GT,
+    # or not hit and out of range).
+    corr = ~out & (hit | gig)
+    cnt_t = np.int32 if n_a * (n_det + 1) < 2**31 else np.int64
+    cnt_idx = e_a.astype(cnt_t) * (n_det + 1) + e_pos + 1
+    group = lane * n_k + cat_o[e_pos].astype(np.int32)
+    srt = _lane_position_order(lane, e_pos, n_a * n_t, n_det)
+    group, e_pos, cnt_idx, tp, corr = (x[srt] for x in (group, e_pos, cnt_idx, tp, corr))
+    first = np.searchsorted(group, np.arange(n_a * n_t * n_k + 1))
+    return _Entries(group, e_pos, rank_o[e_pos], cnt_idx, tp, corr, first)
 
 
-def _seg_cumsum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative count restarting where ``starts`` is True. x: (N,) bool."""
-    c = np.cumsum(x, dtype=np.int64)
-    if x.size == 0:
-        return c
-    idx = np.flatnonzero(starts)
-    base = np.repeat(c[idx] - x[idx], np.diff(np.r_[idx, x.size]))
-    return c - base
+def _tp_curve(e: _Entries, use: np.ndarray | None, cnt: np.ndarray, g_cnt0: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The true positives of the used entries, with their precision ``tp / (fp + tp + eps)``.
+
+    Args:
+        use: (E,) bool entries within maxDets, or None for all.
+        cnt: (A * (D + 1),) running count of counted (in range, kept) detections.
+        g_cnt0: (G,) index into ``cnt`` of each group's count before its category starts.
+
+    Returns:
+        (N,) group, precision and score-order position of each true positive, sorted by
+        group then score: the v-th true positive of its group has tp = v.
+    """
+    tp, corr = (e.tp, e.corr) if use is None else (e.tp & use, e.corr & use)
+    idx_t = np.int32 if e.group.shape[0] < 2**31 else np.int64
+    corr_sum = np.cumsum(corr, dtype=idx_t)  # over all groups; the base is removed below
+    f = e.group_first[:-1]
+    corr_base = np.where(f > 0, corr_sum[np.maximum(f - 1, 0)], 0) if corr_sum.size else np.zeros_like(f)
+    group = e.group[tp]
+    n_tp = np.bincount(group, minlength=f.shape[0])
+    v = np.arange(1, group.shape[0] + 1, dtype=idx_t)
+    v -= (np.cumsum(n_tp) - n_tp).astype(idx_t)[group]
+    # false positives: counted detections up to the entry, less the counted ones that matched
+    fp = cnt[e.cnt_idx[tp]]
+    fp -= (cnt[g_cnt0] - corr_base).astype(cnt.dtype)[group]
+    fp -= corr_sum[tp]
+    # pycocotools' float64 expression, computed in place: tp / ((fp + tp) + eps)
+    fp += v
+    pr = fp.astype(np.float64)
+    pr += np.spacing(1)
+    np.divide(v, pr, out=pr)
+    return group, pr, e.pos[tp]
 
 
-def _seg_suffix_max(x: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Maximum of x[i:] within each run of equal ``group`` (sorted); exact values."""
-    out = np.empty_like(x)
-    if x.size == 0:
-        return out
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]).tolist() + [x.size]
-    for s, e in zip(starts[:-1], starts[1:], strict=True):
-        np.maximum.accumulate(x[s:e][::-1], out=out[s:e][::-1])
-    return out
+def _lane_position_order(lane: np.ndarray, pos: np.ndarray, n_lanes: int, n_det: int
+                         ) -> np.ndarray:
+    """Permutation sorting the match entries by (lane, position), without a sort.
+
+    A detection matches at most once per lane, so the (lane, position) pairs are unique.
+    Few detections match: ranking the matched positions densely makes the keys
+    ``lane * n_matched + rank`` span a small range, and placing each entry at its key
+    orders them (a counting sort). Falls back to ``lexsort`` when that range would be
+    large compared with the number of entries, or if a pair repeats.
+
+    Args:
+        lane, pos: (E,) integer lane index and position in score order of each entry.
+    """
+    n = lane.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    matched = np.zeros(n_det, bool)
+    matched[pos] = True
+    n_u = int(np.count_nonzero(matched))
+    if n_lanes * n_u <= 4 * n + 1024:
+        idx_t = np.int32 if n_lanes * n_u < 2**31 else np.int64
+        dense = np.cumsum(matched, dtype=idx_t)  # 1 + rank of each matched position
+        key = lane.astype(idx_t) * n_u
+        key += dense[pos]
+        key -= 1
+        slot = np.full(n_lanes * n_u, -1, idx_t)
+        slot[key] = np.arange(n, dtype=idx_t)
+        srt = slot[slot >= 0]
+        if srt.shape[0] == n:
+            return srt
+    return np.lexsort((pos, lane))
+
+
+def _by_category_positions(m: Matching, res: Results) -> np.ndarray:
+    """(D,) positions in ``m.det`` ordered by (category, -score, image, rank)."""
+    order = np.argsort(-res.score[m.det], kind="stable")  # m.det is in (image, category, rank) order
+    return order[stable_argsort(res.cat[m.det][order])]
+
+
+def _need(npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """Smallest true-positive count v with ``v / n >= thr``, for each count n and threshold.
+
+    The same floats as pycocotools (``v / n`` in float64): ``ceil(thr * n)`` is off by at
+    most one, which one comparison each way corrects. 0 where n is 0.
+
+    Args:
+        npig: (...) int counts n of ground truth; rec_thrs: (R,). Returns (..., R) int64.
+    """
+    n = npig[..., None].astype(np.float64)
+    v = np.clip(np.ceil(rec_thrs * n), 0, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(v / n < rec_thrs, v + 1, v)
+        v = np.where((v >= 1) & ((v - 1) / n >= rec_thrs), v - 1, v)
+    return np.where(n > 0, v, 0).astype(np.int64)
+
+
+def _suffix_max_at(x: np.ndarray, at: np.ndarray, inside: np.ndarray, end: np.ndarray
+                   ) -> np.ndarray:
+    """``x[at:end].max()`` for each lookup (exact), 0.0 where not ``inside``.
+
+    The interpolated precision: the precision curve made non-increasing from the right,
+    read at the true positive that reaches each recall threshold.
+
+    Args:
+        x: (N,) values, in runs (groups) ``[end - n, end)`` that follow one another.
+        at: (..., R) lookup positions, non-decreasing along R and inside their group.
+        inside: (..., R) bool, a prefix along R: where the lookup exists.
+        end: (...) end of each group's run.
+    """
+    n_r = at.shape[-1]
+    at2, in2, end2 = at.reshape(-1, n_r), inside.reshape(-1, n_r), end.reshape(-1)
+    # Break each group's run at its lookups and at its end; the maximum of each piece,
+    # then the running maximum of the pieces from the right. A repeated break gives a
+    # one-element piece inside the same suffix, which changes nothing.
+    cols = np.concatenate([at2, end2[:, None]], axis=1)
+    has = np.concatenate([in2, in2.any(axis=1, keepdims=True)], axis=1)
+    breaks = cols[has]  # row-major: ascending
+    pieces = np.full(cols.shape, -np.inf)
+    if breaks.size:
+        # the last break can be the end of x: its piece is empty
+        last_end = breaks[-1] == x.shape[0]
+        vals = np.maximum.reduceat(x, breaks[:-1] if last_end else breaks)
+        pieces[has] = np.append(vals, -np.inf) if last_end else vals
+    pieces[:, n_r] = -np.inf  # the piece after a run's end belongs to the next run
+    out = np.maximum.accumulate(pieces[:, n_r - 1::-1], axis=1)[:, ::-1]
+    return np.where(in2, out, 0.0).reshape(at.shape)
 
 
 def _summary_spec(p: EvalParams) -> list[tuple[int, float | None, str, int]]:

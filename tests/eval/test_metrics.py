@@ -141,3 +141,44 @@ def test_summary_lines_match_pycocotools(capsys):
         ref.summarize()
     assert "\n".join(ev.summary_lines()) == buf.getvalue().rstrip("\n")
     assert list(ev.stats_dict) == list(STAT_NAMES)
+
+
+@pytest.mark.parametrize("rec_thrs", [EvalParams().rec_thrs, np.linspace(-0.2, 1.3, 77),
+                                      np.random.default_rng(0).random(40)])
+def test_need_equals_pycocotools_searchsorted(rec_thrs):
+    from detseg.eval.metrics import _need
+
+    counts = np.arange(0, 3000)
+    got = _need(counts, rec_thrs)
+    assert (got[0] == 0).all()
+    for n in counts[1:]:  # pycocotools: np.searchsorted(tp / npig, recThrs, side="left")
+        assert (got[n] == np.searchsorted(np.arange(n + 1) / n, rec_thrs, side="left")).all(), n
+
+
+def test_suffix_max_at_equals_a_plain_loop():
+    from detseg.eval.metrics import _suffix_max_at
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 9, 50)
+    x = rng.random(lengths.sum()).round(2)  # ties on purpose
+    end = np.cumsum(lengths)
+    n_r = 6
+    need = np.sort(rng.integers(0, 10, (50, n_r)), axis=1)
+    inside = (need <= lengths[:, None]) & (lengths[:, None] > 0)
+    at = np.where(inside, (end - lengths)[:, None] + np.maximum(need - 1, 0), 0)
+    got = _suffix_max_at(x, at, inside, end)
+    for g in range(50):
+        for r in range(n_r):
+            want = x[at[g, r]:end[g]].max() if inside[g, r] else 0.0
+            assert got[g, r] == want, (g, r)
+
+
+def test_descending_key_sorts_like_negated_floats():
+    from detseg.eval.match import descending_key
+
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0, 1e3, 2000), rng.integers(-3, 3, 2000).astype(float),
+                        [0.0, -0.0, 5e-324, -5e-324, 1e308, -1e308, np.inf, -np.inf]])
+    x = x[rng.permutation(x.size)]
+    want = np.argsort(-x, kind="stable")
+    assert (np.argsort(descending_key(x), kind="stable") == want).all()
