@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detseg.eval.analysis import _area_all, iou_index
-from detseg.eval.match import box_iou_pairs
+from detseg.eval.analysis import _area_all, cat_score_order, iou_index
 from detseg.eval.metrics import CocoEvaluation
 from detseg.eval.validate import to_rles
 
@@ -55,26 +54,68 @@ def image_pairs(ev: CocoEvaluation, det: np.ndarray, min_iou: float
 
 
 def _all_pairs(ev: CocoEvaluation, min_iou: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of every result with every ground truth of its image, IoU >= min_iou."""
+    """Pairs of every result with every ground truth of its image, IoU >= min_iou.
+
+    Pairs come in the order (detection by image, stable; ground truth by image, stable).
+    For boxes with ``min_iou > 0`` only pairs whose boxes overlap get an IoU (the others
+    have IoU 0); the floats are those of `box_iou_pairs` (pycocotools' ``bbIou``).
+    """
     gt, res = ev.gt, ev.results
     det = np.arange(len(res))
     d_img = res.img
-    d_ord = np.argsort(d_img, kind="stable")
-    g_ord = np.argsort(gt.img, kind="stable")
+    # int32 indices: the pair arrays are large (detections x ground truths per image)
+    d_ord = _stable_order(d_img)
+    g_ord = _stable_order(gt.img)
     g_img = gt.img[g_ord]
-    lo = np.searchsorted(g_img, d_img[d_ord], "left")
-    n = np.searchsorted(g_img, d_img[d_ord], "right") - lo
-    pd = np.repeat(d_ord, n)
-    first = np.repeat(np.cumsum(n) - n, n)
-    pg = g_ord[np.repeat(lo, n) + (np.arange(pd.shape[0]) - first)]
-    if pd.size == 0:
-        return pd, pg, np.zeros(0)
-    if ev.iou_type == "bbox":
-        iou = box_iou_pairs(res.bbox[pd], gt.bbox[pg], gt.crowd[pg])
-    else:
+    d_img_o = d_img[d_ord]
+    lo = np.searchsorted(g_img, d_img_o, "left").astype(np.int32)
+    n = (np.searchsorted(g_img, d_img_o, "right") - lo).astype(np.int32)
+    n_pairs = int(n.sum(dtype=np.int64))
+    if n_pairs == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    idx = np.int32 if max(n_pairs, len(res), len(gt)) < 2**31 - 1 else np.int64
+    pd = np.repeat(d_ord.astype(idx), n)
+    first = np.cumsum(n, dtype=idx)
+    first -= n
+    # position of each pair's ground truth in g_ord: lo + (pair index - first pair of its det)
+    off = np.repeat((lo - first).astype(idx), n)
+    off += np.arange(n_pairs, dtype=idx)
+    pg = g_ord.astype(idx)[off]
+    del off
+    if ev.iou_type != "bbox":
+        pd, pg = pd.astype(np.int64), pg.astype(np.int64)
         iou = _mask_pairs(ev, det, pd, pg)
+        keep = iou >= min_iou
+        return pd[keep], pg[keep], iou[keep]
+    # per-box terms of pycocotools' bbIou, computed once per box (same floats as per pair)
+    db, gb = res.bbox, gt.bbox
+    dx0, dy0, dx1, dy1 = db[:, 0].copy(), db[:, 1].copy(), db[:, 2] + db[:, 0], db[:, 3] + db[:, 1]
+    gx0, gy0, gx1, gy1 = gb[:, 0].copy(), gb[:, 1].copy(), gb[:, 2] + gb[:, 0], gb[:, 3] + gb[:, 1]
+    w = np.minimum(dx1[pd], gx1[pg])
+    w -= np.maximum(dx0[pd], gx0[pg])
+    h = np.minimum(dy1[pd], gy1[pg])
+    h -= np.maximum(dy0[pd], gy0[pg])
+    overlap = (w > 0) & (h > 0)
+    if min_iou > 0:  # IoU 0 pairs cannot pass: drop them before the rest of the work
+        sel = np.flatnonzero(overlap)
+        pd, pg, w, h = pd[sel], pg[sel], w[sel], h[sel]
+        overlap = np.ones(sel.shape[0], bool)
+    inter = w * h
+    da = (db[:, 2] * db[:, 3])[pd]
+    ga = (gb[:, 2] * gb[:, 3])[pg]
+    union = np.where(gt.crowd[pg], da, da + ga - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+    iou = np.where(overlap, iou, 0.0)
     keep = iou >= min_iou
-    return pd[keep], pg[keep], iou[keep]
+    return pd[keep].astype(np.int64), pg[keep].astype(np.int64), iou[keep]
+
+
+def _stable_order(x: np.ndarray) -> np.ndarray:
+    """``np.argsort(x, kind="stable")``, skipping the sort when ``x`` is already sorted."""
+    if x.shape[0] < 2 or bool((x[1:] >= x[:-1]).all()):
+        return np.arange(x.shape[0])
+    return np.argsort(x, kind="stable")
 
 
 def _mask_pairs(ev: CocoEvaluation, det: np.ndarray, pd: np.ndarray, pg: np.ndarray) -> np.ndarray:
@@ -179,7 +220,8 @@ def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
     gt_used = np.zeros(len(ev.gt), bool)
     gt_used[gt_idx[tp]] = True
     npig = np.bincount(ev.gt.cat[m.gt][~m.gt_ignore[a]], minlength=len(ev.gt.cat_ids))
-    order = np.lexsort((-d_score, d_cat))
+    by_score = np.argsort(-d_score, kind="stable")
+    order = cat_score_order(d_cat, by_score)
     base = _ap101(d_cat, d_score, tp, fp, npig, ev.params.rec_thrs, order)
 
     # best same-class and other-class IoU of every false positive (non-crowd ground truth)
@@ -234,7 +276,8 @@ def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
             win = first[~gt_used[target[first]]]
             tp2[sel[win]] = True
             cat[sel[win]] = ev.gt.cat[target[win]]
-            return _ap101(cat, d_score, tp2, fp2, npig2, ev.params.rec_thrs)  # classes moved
+            return _ap101(cat, d_score, tp2, fp2, npig2, ev.params.rec_thrs,
+                          cat_score_order(cat, by_score))  # classes moved
         return _ap101(cat, d_score, tp2, fp2, npig2, ev.params.rec_thrs, order)
 
     dap = {e: fixed_ap(e) - base for e in ERROR_TYPES}

@@ -115,3 +115,31 @@ def test_tide_base_ap_is_coco_ap50_and_perfect_has_no_errors(ev):
     tp = errors.tide_errors(evaluate(gt, perfect))
     assert tp["ap"] == pytest.approx(1.0)
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in tp["dAP"].values())
+
+
+def test_cat_score_order_is_the_lexsort():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 5000):
+        score = np.round(rng.random(n), 2)  # many ties: the index breaks them
+        score[: n // 10] = -0.0  # -0.0 sorts as 0.0
+        cat = rng.integers(0, 9, n)
+        got = analysis.cat_score_order(cat, np.argsort(-score, kind="stable"))
+        np.testing.assert_array_equal(got, np.lexsort((-score, cat)))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_image_pairs_match_a_plain_loop(shuffle):
+    from detseg.eval.match import box_iou_pairs
+
+    gt, res = make_problem(seed=11, n_images=30, dets_per_image=15)
+    if shuffle:  # results not in image order
+        res = [res[i] for i in np.random.default_rng(0).permutation(len(res))]
+    ev = evaluate(gt, res, "bbox")
+    for floor in (0.0, 0.1, 0.5):
+        pd, pg, pi = errors._all_pairs(ev, floor)
+        want = []
+        for d in np.argsort(ev.results.img, kind="stable").tolist():
+            g = np.flatnonzero(ev.gt.img == ev.results.img[d])
+            iou = box_iou_pairs(ev.results.bbox[[d] * g.size], ev.gt.bbox[g], ev.gt.crowd[g])
+            want += [(d, int(j), float(v)) for j, v in zip(g, iou, strict=True) if v >= floor]
+        assert list(zip(pd.tolist(), pg.tolist(), pi.tolist(), strict=True)) == want
