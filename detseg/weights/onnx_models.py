@@ -63,6 +63,12 @@ def exported_onnx(name: str, family: str) -> list[Path]:
     summary = export_model(name, folder, progress=True)
     onnx = [p for p in summary.files if p.suffix == ".onnx"]
     if not summary.passed:
-        print(f"warning: {name}: the ONNX export did not pass its parity check "
-              f"(report: {summary.report_path})")
+        # Same rule as `detseg export`: a model that differs from its PyTorch original is not
+        # used. Removing it keeps the cache lookup above from picking it up next time.
+        for path in onnx:
+            path.unlink(missing_ok=True)
+        raise ModelError(
+            f"model {name!r}: the ONNX export failed its parity check against PyTorch "
+            f"(report: {summary.report_path}); not using it"
+        )
     return onnx
