@@ -14,11 +14,13 @@ $(VENV)/.runtime: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# torch is pinned so that pip takes the build that lies on this project's machines' disks.
+# torch is pinned so that pip takes the build that lies on this project's machines' disks;
+# sam2 is source-only and builds against that torch (no build isolation, no CUDA kernels).
 setup-test: $(VENV)/.test
 $(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[export,dev]"
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install -q --no-build-isolation "sam2==1.1.0"
+	$(BIN)/python -m pip install -q -e ".[export,dev,ray,bench]"
 	touch $@
 
 demo: setup

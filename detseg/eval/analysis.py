@@ -3,7 +3,7 @@
 All of it reads a `CocoEvaluation`: per-class numbers come from pycocotools' own precision
 and recall arrays (area "all", the largest maxDets), and precision/recall/F1 at a score
 threshold use the same matches (so recall at threshold 0 equals the COCO recall).
-The confusion matrix and the TIDE-style error breakdown live in `detseg.eval.errors`.
+The confusion matrix and the TIDE-style error breakdown live in `detseg.eval.error_analysis`.
 """
 
 from __future__ import annotations

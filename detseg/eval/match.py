@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detseg.eval.validate import GroundTruth, Results, to_rles
+from detseg.eval.loader import GroundTruth, Results, to_rles
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from detseg.data.coco import write_json_atomic
-from detseg.eval import analysis, errors, plots, tables
+from detseg.eval import analysis, error_analysis, plots, tables
 from detseg.eval.metrics import STAT_NAMES, CocoEvaluation
 
 
@@ -85,11 +85,11 @@ def build_report(ev: CocoEvaluation, iou: float = 0.5, score: float = 0.5,
         "warnings": list(ev.warnings),
     }
     if with_errors:
-        cm = errors.confusion_matrix(ev, iou, score)
+        cm = error_analysis.confusion_matrix(ev, iou, score)
         report["confusion"] = {"iou": iou, "score": score,
                                "labels": list(ev.gt.cat_names) + ["background"],
                                "matrix": cm.tolist()}
-        report["tide"] = errors.tide_errors(ev, t_f=iou)
+        report["tide"] = error_analysis.tide_errors(ev, t_f=iou)
     report["_curves"] = curves  # for the plots; not written to JSON
     return report
 

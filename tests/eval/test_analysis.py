@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detseg.eval import analysis, errors
+from detseg.eval import analysis, error_analysis
 from detseg.eval.metrics import evaluate
 from detseg.eval.synthetic import make_problem
 
@@ -85,7 +85,7 @@ def test_confusion_matrix_by_hand():
                 (1, [50, 50, 20, 20], 0.8),    # dog called cat
                 (2, [30, 30, 5, 5], 0.7),      # nothing there
                 (2, [0, 0, 20, 20], 0.1)])     # below the score threshold
-    cm = errors.confusion_matrix(ev, 0.5, 0.5)
+    cm = error_analysis.confusion_matrix(ev, 0.5, 0.5)
     # rows: cat, dog, background; columns: cat, dog, background
     assert cm.tolist() == [[1, 0, 0], [1, 0, 1], [0, 1, 0]]
 
@@ -96,7 +96,7 @@ def test_tide_by_hand():
                 (1, [50, 50, 20, 20], 0.8),    # classification (dog called cat)
                 (2, [80, 0, 16, 16], 0.7),     # localisation (IoU 100/256)
                 (2, [30, 30, 5, 5], 0.6)])     # background
-    t = errors.tide_errors(ev)
+    t = error_analysis.tide_errors(ev)
     assert t["counts"] == {"classification": 1, "localisation": 1, "both": 0, "duplicate": 1,
                            "background": 1, "other": 0, "missed": 0}
     assert t["ap"] == pytest.approx(ev.stats[1], abs=1e-12)
@@ -105,14 +105,14 @@ def test_tide_by_hand():
 
 
 def test_tide_base_ap_is_coco_ap50_and_perfect_has_no_errors(ev):
-    t = errors.tide_errors(ev)
+    t = error_analysis.tide_errors(ev)
     assert t["ap"] == pytest.approx(ev.stats[1], abs=1e-12)
     gt, _ = make_problem(21, n_images=50, n_cats=5)
     for a in gt["annotations"]:
         a["id"] += 1  # pycocotools counts a match to annotation id 0 as no match
     perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
                 "score": 1.0} for a in gt["annotations"] if not a["iscrowd"]]
-    tp = errors.tide_errors(evaluate(gt, perfect))
+    tp = error_analysis.tide_errors(evaluate(gt, perfect))
     assert tp["ap"] == pytest.approx(1.0)
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in tp["dAP"].values())
 
@@ -136,7 +136,7 @@ def test_image_pairs_match_a_plain_loop(shuffle):
         res = [res[i] for i in np.random.default_rng(0).permutation(len(res))]
     ev = evaluate(gt, res, "bbox")
     for floor in (0.0, 0.1, 0.5):
-        pd, pg, pi = errors._all_pairs(ev, floor)
+        pd, pg, pi = error_analysis._all_pairs(ev, floor)
         want = []
         for d in np.argsort(ev.results.img, kind="stable").tolist():
             g = np.flatnonzero(ev.gt.img == ev.results.img[d])

@@ -24,7 +24,7 @@ import numpy as np
 
 from detseg.eval.analysis import _area_all, cat_score_order, iou_index
 from detseg.eval.metrics import CocoEvaluation
-from detseg.eval.validate import to_rles
+from detseg.eval.loader import to_rles
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 
