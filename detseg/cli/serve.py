@@ -41,7 +41,7 @@ def serve(
     sam_decoder: Path = typer.Option(None, help="SAM prompt decoder ONNX (give with --sam-encoder)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the demo to your network."),
-    port: int = typer.Option(7860, help="Port to listen on."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on (1-65535)."),
     share: bool = typer.Option(False, "--share", help="Also open a public gradio.live link."),
     auth: str = typer.Option(
         None, envvar="DETSEG_SERVE_AUTH",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from detseg.errors import InputError
+from detseg.fileio import follow_umask
 
 
 @dataclass
@@ -172,6 +173,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        follow_umask(fd)  # mkstemp makes it 0600; the results are the user's ordinary files
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f)
         os.replace(tmp, path)

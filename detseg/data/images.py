@@ -10,7 +10,9 @@ Every image that reaches the pipeline goes through `read_image` (a path) or `dec
   a **white** background: a detector then sees what a viewer shows on a white page, and a
   transparent region never turns into black blobs.
 - 16-bit PNGs are scaled to 8 bits by ``round(v * 255 / 65535)`` (not truncated to the high
-  byte, which darkens the image by up to one level).
+  byte, which darkens the image by up to one level). 32-bit integer images (TIFF) have no
+  agreed white level: values that fit in 8 bits are taken as they are, values that fit in 16
+  bits are scaled as 16-bit, larger ones by their maximum; the last two are logged as warnings.
 - CMYK JPEGs (including Adobe's inverted CMYK) are converted to RGB.
 - An image whose header announces more than ``max_pixels`` pixels is refused **before** any
   pixel is decoded (a decompression bomb costs nothing).
@@ -25,7 +27,10 @@ first bytes, so the size check and the EXIF orientation cost nothing measurable.
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
+import os
 import struct
 import warnings
 from pathlib import Path
@@ -36,10 +41,33 @@ from PIL import Image, UnidentifiedImageError
 
 from detseg.errors import InputError
 
+logger = logging.getLogger(__name__)
+
 # 100 megapixels: a 10,000 x 10,000 photo passes; a 40,000 x 40,000 bomb (1.6 Gpx, 4.8 GB
 # decoded) is refused. Pillow's warning above its own limit is silenced in favour of this
 # check; Pillow's hard error (above 2 x PIL.Image.MAX_IMAGE_PIXELS) still applies first.
-DEFAULT_MAX_PIXELS = 100_000_000
+# DETSEG_MAX_PIXELS raises (or lowers) the limit for every command, since no command should
+# need an option of its own for it.
+MAX_PIXELS_ENV = "DETSEG_MAX_PIXELS"
+BUILTIN_MAX_PIXELS = 100_000_000
+
+
+def _max_pixels_from_env() -> int:
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return BUILTIN_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise InputError(
+            f"{MAX_PIXELS_ENV}={text!r}: expected a whole number of pixels, e.g. 400000000"
+        ) from None
+    if value < 1:
+        raise InputError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels")
+    return value
+
+
+DEFAULT_MAX_PIXELS = BUILTIN_MAX_PIXELS
 
 _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND\xaeB`\x82"
@@ -60,8 +88,10 @@ _DECODE_ERRORS = (
 )
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB with EXIF orientation applied.
+
+    max_pixels: largest width x height accepted; None: ``$DETSEG_MAX_PIXELS`` or 100 million.
 
     Raises:
         InputError: the file is missing, unreadable, empty, truncated, not an image, or larger
@@ -71,16 +101,26 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(
+                f"{path}: broken symbolic link (points to {os.readlink(path)}, which does not exist)"
+            ) from None
         raise InputError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise InputError(f"{path}: expected an image file, found a directory") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: symbolic link loop (the link leads back to itself)") from None
         raise InputError(f"{path}: cannot read image file ({exc.strerror or exc})") from None
     return decode_image(data, str(path), max_pixels=max_pixels)
 
 
-def decode_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, name: str, *, max_pixels: int | None = None,
+                 limit_hint: str | None = None) -> np.ndarray:
     """Decode the bytes of an image file (``name`` is used in error messages only).
+
+    max_pixels: as for `read_image`; limit_hint: what the refusal message tells the user to do
+    when ``max_pixels`` is given (default: pass a larger ``max_pixels``).
 
     Returns:
         (H, W, 3) uint8 RGB array, C-contiguous, EXIF orientation applied.
@@ -90,12 +130,17 @@ def decode_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
     """
     if len(data) == 0:
         raise InputError(f"{name}: empty file (0 bytes), expected an image")
-    im = _open_header(data, name, max_pixels)
+    if max_pixels is None:
+        max_pixels = _max_pixels_from_env()
+        limit_hint = f"if you trust the file, set {MAX_PIXELS_ENV}={{pixels}} to allow it"
+    elif limit_hint is None:
+        limit_hint = "pass a larger max_pixels to allow it"
+    im = _open_header(data, name, max_pixels, limit_hint)
     orientation = _orientation(im)
     try:
         arr = _decode_fast(data, im)
         if arr is None:
-            arr = _decode_pillow(data, im)
+            arr = _decode_pillow(data, im, name)
     except InputError:
         raise
     except _DECODE_ERRORS as exc:
@@ -123,7 +168,7 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 # ---- internals ------------------------------------------------------------------------------
-def _open_header(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def _open_header(data: bytes, name: str, max_pixels: int, limit_hint: str) -> Image.Image:
     """Parse the header only (Pillow is lazy) and enforce the pixel limit."""
     try:
         with warnings.catch_warnings():
@@ -151,7 +196,7 @@ def _open_header(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:
         raise InputError(
             f"{name}: refused, {w}x{h} = {w * h:,} pixels is above the limit of "
-            f"{max_pixels:,} (a decompression bomb?); pass a larger max_pixels to allow it"
+            f"{max_pixels:,} (a decompression bomb?); {limit_hint.replace('{pixels}', str(w * h))}"
         )
     return im
 
@@ -226,13 +271,50 @@ def _composite_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _decode_pillow(data: bytes, im: Image.Image) -> np.ndarray:
+def _declared_bits(im: Image.Image) -> int:
+    """Bits per sample the file declares for a Pillow "I" image (16 for PNG, TIFF's tag 258)."""
+    if im.format == "PNG":
+        return 16
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None:
+        bits = tags.get(258)
+        if isinstance(bits, tuple):
+            bits = bits[0] if bits else None
+        if isinstance(bits, int):
+            return bits
+    return 32
+
+
+def _int_to_uint8(arr: np.ndarray, bits: int, name: str) -> np.ndarray:
+    """A greyscale integer image (Pillow mode "I" or "I;16") -> uint8.
+
+    16-bit data is scaled by 255/65535. Wider data has no agreed white level, so its values
+    decide: within 0..255 they are used as they are (a 32-bit TIFF of 8-bit values, common
+    from scientific tools), within 0..65535 they are scaled as 16-bit, above that by their
+    maximum; the last two cases are logged, since the brightness is then a guess.
+    """
+    if bits <= 16:
+        # "I" from a 16-bit greyscale file holds 0..65535; anything outside is clipped.
+        return _to_uint8_16bit(np.clip(arr, 0, 65535).astype(np.uint16))
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if lo >= 0 and hi <= 255:
+        return arr.astype(np.uint8)
+    if lo >= 0 and hi <= 65535:
+        logger.warning("%s: %d-bit integer image with values up to %d: scaled as 16-bit",
+                       name, bits, hi)
+        return _to_uint8_16bit(arr.astype(np.uint16))
+    logger.warning("%s: %d-bit integer image with values %d..%d: negative values clipped to 0, "
+                   "scaled so that %d is white", name, bits, lo, hi, max(hi, 1))
+    scaled = np.clip(arr.astype(np.float64), 0, None) * (255.0 / max(hi, 1))
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _decode_pillow(data: bytes, im: Image.Image, name: str = "image") -> np.ndarray:
     im.load()  # raises on truncated data
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(im)
-        # "I" from a 16-bit greyscale file holds 0..65535; anything outside is clipped.
-        arr = _to_uint8_16bit(np.clip(arr, 0, 65535).astype(np.uint16))
+        bits = 16 if mode.startswith("I;16") else _declared_bits(im)
+        arr = _int_to_uint8(np.asarray(im), bits, name)
         return np.repeat(arr[:, :, None], 3, axis=2)
     if mode == "F":
         arr = np.clip(np.asarray(im), 0, 255).round().astype(np.uint8)

@@ -36,7 +36,6 @@ _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
 _TRT = "TensorrtExecutionProvider"
 _SILENT = 4  # onnxruntime log severity FATAL: nothing below it is printed
-_DEFAULT_SEVERITY = 2  # onnxruntime's own default (WARNING)
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -134,16 +133,16 @@ class Session:
             options.inter_op_num_threads = int(inter_op_threads)
 
         requested = self._requested_providers(device)
-        # While the providers load, nothing is logged: a provider that fails to load is detected
-        # from get_providers() below and reported (or silently skipped for "auto").
+        # This session logs nothing: a provider that fails to load is detected from
+        # get_providers() below and reported (or silently skipped for "auto"). onnxruntime's
+        # process-wide default logger is left alone: it has no getter, so a level changed here
+        # could not be given back to the caller. CUDA is only requested once probe_cuda() has
+        # loaded its libraries, so on a machine without a usable GPU nothing reaches that logger.
         options.log_severity_level = _SILENT
-        ort.set_default_logger_severity(_SILENT)
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{self.path}: onnxruntime cannot load this model ({exc})") from None
-        finally:
-            ort.set_default_logger_severity(_DEFAULT_SEVERITY)
         self.providers: list[str] = list(self._session.get_providers())
         if device == "cuda" and _CUDA not in self.providers:
             raise ModelError(f"{self.path}: device='cuda' requested but CUDA did not load")

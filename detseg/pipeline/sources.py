@@ -66,9 +66,18 @@ def _has_magic(text: str) -> bool:
     return globlib.has_magic(text)
 
 
+def _listed(path: Path) -> bool:
+    """Whether a scanned path is an image to run on.
+
+    A symbolic link with an image name is kept even when it is broken or loops: reading it
+    then fails and the run reports it as failed, instead of leaving it out unseen.
+    """
+    return is_image_file(path) and (path.is_file() or path.is_symlink())
+
+
 def _scan_folder(folder: Path) -> list[SourceItem]:
     paths = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and is_image_file(p)),
+        (p for p in folder.rglob("*") if _listed(p)),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     return [SourceItem(p.relative_to(folder).as_posix(), p) for p in paths]
@@ -90,7 +99,7 @@ def _scan_glob(pattern: str) -> list[SourceItem]:
     paths = sorted({Path(p) for p in globlib.glob(pattern, recursive=True)})
     items = []
     for p in paths:
-        if not (p.is_file() and is_image_file(p)):
+        if not _listed(p):
             continue
         try:
             key = p.relative_to(root).as_posix()

@@ -15,22 +15,21 @@ State lives in a ``gr.State`` per browser tab / client session; the models are s
 from __future__ import annotations
 
 import functools
-import os
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Gradio phones home for analytics and version checks unless told not to; the demo is offline.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import gradio as gr
 
-import gradio as gr  # noqa: E402
+from detseg.errors import DetsegError
+from detseg.serve import handlers as h
+from detseg.serve.render import detections_view, sam_view, view_scale
+from detseg.serve.state import Session
 
-from detseg.errors import DetsegError  # noqa: E402
-from detseg.serve import handlers as h  # noqa: E402
-from detseg.serve.render import detections_view, sam_view, view_scale  # noqa: E402
-from detseg.serve.state import Session  # noqa: E402
+logger = logging.getLogger(__name__)
 
 CLICK_MODES = ["positive point", "negative point", "box (two clicks)"]
 API_NAMES = (
@@ -194,7 +193,9 @@ def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions()) -> gr
 
     # ---- layout ---------------------------------------------------------------------
     samples = h.write_samples(ctx.out_dir / "samples") if options.samples else []
-    with gr.Blocks(title="detseg demo", delete_cache=(300, 900)) as demo:
+    # analytics_enabled=False: Gradio otherwise phones home for analytics and a version check;
+    # the demo is offline (set per app, not through os.environ, which is the caller's).
+    with gr.Blocks(title="detseg demo", delete_cache=(300, 900), analytics_enabled=False) as demo:
         state = gr.State(Session(), time_to_live=options.session_ttl_s, delete_callback=ctx.forget)
         gr.Markdown(
             "## detseg: detection, instance segmentation and Segment Anything\n"
@@ -337,7 +338,7 @@ def launch(
         state_session_capacity=options.max_sessions,
     )
     if share_url:
-        print(f"public link: {share_url}")
+        logger.warning("public link: %s", share_url)
     if block:
         try:
             demo.block_thread()

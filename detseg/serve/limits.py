@@ -89,4 +89,5 @@ def read_upload(path: str | Path, name: str, limits: Limits) -> np.ndarray:
     if size == 0:
         raise InputError(f"{name}: the file is empty; expected an image (JPEG, PNG, ...)")
     data = path.read_bytes()
-    return decode_image(data, name, max_pixels=limits.max_pixels)
+    return decode_image(data, name, max_pixels=limits.max_pixels,
+                        limit_hint="the server's limit is set by `detseg serve --max-pixels`")

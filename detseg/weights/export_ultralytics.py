@@ -28,9 +28,10 @@ torch and ultralytics are imported here only: keep this module out of the runtim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,28 +56,48 @@ class UltralyticsExportResult:
     report: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def ultralytics_environment(config_dir: Path | None = None) -> None:
-    """Make Ultralytics offline, install-free and safe-loading, before and after its import.
+_ENV_SETTINGS = {"YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1", "ULTRALYTICS_SAFE_LOAD": "1"}
 
-    The environment variables are read when ultralytics is first imported; the module globals
-    are set as well in case it was imported earlier in this process.
+
+@contextlib.contextmanager
+def ultralytics_environment(config_dir: Path | None = None) -> Iterator[None]:
+    """Make Ultralytics offline, install-free and safe-loading while the block runs.
+
+    The environment variables are read when ultralytics is first imported (which may happen
+    inside the block); the module globals are set as well in case it was imported earlier.
+    Everything changed is given back on exit, so the caller's environment and an Ultralytics
+    the caller uses directly behave afterwards as they did before. Blocks may nest.
     """
-    os.environ["YOLO_AUTOINSTALL"] = "false"
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    saved_env = {k: os.environ.get(k) for k in (*_ENV_SETTINGS, "YOLO_VERBOSE", "YOLO_CONFIG_DIR")}
+    os.environ.update(_ENV_SETTINGS)
     os.environ.setdefault("YOLO_VERBOSE", "false")
     if "YOLO_CONFIG_DIR" not in os.environ:
         # Ultralytics writes a settings file on import; keep it out of the user's config folder.
         base = config_dir or Path(tempfile.gettempdir()) / "detseg-ultralytics"
         base.mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = str(base)
-    import ultralytics.nn.tasks as tasks
-    import ultralytics.utils as uutils
-    import ultralytics.utils.checks as checks
+    saved_globals: list[tuple[Any, str, Any]] = []
+    try:
+        import ultralytics.nn.tasks as tasks
+        import ultralytics.utils as uutils
+        import ultralytics.utils.checks as checks
 
-    uutils.AUTOINSTALL = checks.AUTOINSTALL = False
-    uutils.SAFE_LOAD = tasks.SAFE_LOAD = True
-    uutils.ONLINE = False
+        for module, name, value in (
+            (uutils, "AUTOINSTALL", False), (checks, "AUTOINSTALL", False),
+            (uutils, "SAFE_LOAD", True), (tasks, "SAFE_LOAD", True), (uutils, "ONLINE", False),
+        ):
+            if hasattr(module, name):
+                saved_globals.append((module, name, getattr(module, name)))
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in reversed(saved_globals):
+            setattr(module, name, value)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def load_yolo(source: str | Path, seed: int = 0) -> Any:
@@ -88,17 +109,17 @@ def load_yolo(source: str | Path, seed: int = 0) -> Any:
     head of YOLOv8n), so every anchor gets the same score and there is nothing to compare.
     `calibrate_random_weights` gives it healthy activations (see there).
     """
-    ultralytics_environment()
-    import torch
-    from ultralytics import YOLO
-
     text = str(source)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yolo = YOLO(text)
-            if Path(text).suffix.lower() in (".yaml", ".yml"):
-                calibrate_random_weights(yolo.model)
+        with ultralytics_environment():
+            import torch
+            from ultralytics import YOLO
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                yolo = YOLO(text)
+                if Path(text).suffix.lower() in (".yaml", ".yml"):
+                    calibrate_random_weights(yolo.model)
     except FileNotFoundError as exc:
         raise InputError(f"{text}: Ultralytics cannot find this model file ({exc})") from None
     except (TypeError, RuntimeError, ModuleNotFoundError, KeyError, ValueError) as exc:
@@ -213,6 +234,17 @@ def export_ultralytics(
         from detseg.weights.download import sha256_of
 
         source_sha256 = sha256_of(source_path)
+    with ultralytics_environment():
+        return _export(source, Path(out_dir), imgsz, source_sha256, source_label, sample_images,
+                       seed, is_architecture)
+
+
+def _export(source: str | Path, out_dir: Path, imgsz: int, source_sha256: str | None,
+            source_label: str | None, sample_images: Sequence[np.ndarray] | None, seed: int,
+            is_architecture: bool) -> UltralyticsExportResult:
+    from detseg.weights import ultralytics_parity
+
+    source_path = Path(source)
     yolo = load_yolo(source, seed=seed)
     stem = source_path.stem
     out_dir = Path(out_dir)

@@ -7,9 +7,12 @@ at module level: an .onnx path or the embedded default never touches torch.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from detseg.errors import ModelError
+
+logger = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
 
@@ -59,7 +62,7 @@ def exported_onnx(name: str, family: str) -> list[Path]:
             f"model {name!r}: exporting it to ONNX needs the export extra ({exc}); "
             f"`pip install detseg[export]`, or pass an .onnx file"
         ) from None
-    print(f"exporting {name} to ONNX in {folder} (once) ...")
+    logger.info("exporting %s to ONNX in %s (once) ...", name, folder)
     summary = export_model(name, folder, progress=True)
     onnx = [p for p in summary.files if p.suffix == ".onnx"]
     if not summary.passed:

@@ -121,12 +121,11 @@ def test_registry_name_downloads_then_exports(tmp_path: Path, monkeypatch: pytes
 
     pytest.importorskip("ultralytics", reason="export needs the [export] extra")
     from detseg.weights import registry
-    from detseg.weights.export_ultralytics import load_yolo, ultralytics_environment
+    from detseg.weights.export_ultralytics import load_yolo
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
     monkeypatch.setenv("DETSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DETSEG_OFFLINE", raising=False)
-    ultralytics_environment()
     served = tmp_path / "served"
     served.mkdir()
     load_yolo("yolov8n.yaml", seed=5).save(served / "yolov8n.pt")

@@ -265,3 +265,46 @@ def test_permission_error_is_an_input_error(tmp_path, monkeypatch):
         InputError, match="locked.png: cannot read image file \\(Permission denied\\)"
     ):
         read_image(p)
+
+
+def test_32bit_tiff_with_8bit_values_is_not_darkened(tmp_path):
+    # A 32-bit integer TIFF of 0..255 values (common from scientific tools) was scaled as if
+    # 16-bit and came out near black; its values are its 8-bit levels.
+    values = (np.arange(48 * 64).reshape(48, 64) % 256).astype(np.int32)
+    path = tmp_path / "i32.tif"
+    Image.fromarray(values, mode="I").save(path)
+    assert Image.open(path).mode == "I"
+    out = read_image(path)
+    assert out.dtype == np.uint8 and out.shape == (48, 64, 3)
+    np.testing.assert_array_equal(out[:, :, 0], values.astype(np.uint8))
+
+
+def test_32bit_tiff_with_16bit_values_is_scaled_and_logged(tmp_path, caplog):
+    values = (np.arange(48 * 64).reshape(48, 64) * 21).astype(np.int32)  # up to 64,491
+    path = tmp_path / "i32w.tif"
+    Image.fromarray(values, mode="I").save(path)
+    with caplog.at_level("WARNING", logger="detseg.data.images"):
+        out = read_image(path)
+    expected = ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    np.testing.assert_array_equal(out[:, :, 0], expected)
+    assert any("i32w.tif" in r.getMessage() and "16-bit" in r.getMessage() for r in caplog.records)
+
+
+def test_pixel_limit_refusal_says_what_the_user_can_do(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+    monkeypatch.setenv("DETSEG_MAX_PIXELS", "100")
+    with pytest.raises(InputError, match=r"set DETSEG_MAX_PIXELS=600 to allow it"):
+        read_image(path)
+    monkeypatch.setenv("DETSEG_MAX_PIXELS", "600")
+    assert read_image(path).shape == (20, 30, 3)
+    monkeypatch.setenv("DETSEG_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match="DETSEG_MAX_PIXELS='lots': expected a whole number"):
+        read_image(path)
+
+
+def test_broken_symbolic_link_is_named_as_such(tmp_path):
+    link = tmp_path / "gone.jpg"
+    link.symlink_to(tmp_path / "never-there.jpg")
+    with pytest.raises(InputError, match="gone.jpg: broken symbolic link"):
+        read_image(link)

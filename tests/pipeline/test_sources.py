@@ -97,3 +97,15 @@ def test_malformed_coco_source_names_the_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(InputError, match="broken.json: malformed JSON"):
         open_source(path)
+
+
+def test_broken_and_looping_symlinks_are_listed_so_that_they_are_reported(tree: Path) -> None:
+    # Left out silently before; now they are items whose reading fails (reported as failed).
+    (tree / "dangling.jpg").symlink_to(tree / "nowhere.jpg")
+    (tree / "loop1.png").symlink_to(tree / "loop2.png")
+    (tree / "loop2.png").symlink_to(tree / "loop1.png")
+    (tree / "good_link.jpg").symlink_to(tree / "a.jpg")
+    keys = [it.key for it in open_source(tree)]
+    assert {"dangling.jpg", "loop1.png", "loop2.png", "good_link.jpg"} <= set(keys)
+    globbed = [it.key for it in open_source(str(tree / "*.*"))]
+    assert {"dangling.jpg", "loop1.png", "loop2.png"} <= set(globbed)

@@ -34,8 +34,8 @@ def _ultralytics_sandbox(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo-config")))
         mp.setenv("YOLO_AUTOINSTALL", "false")
         mp.setenv("YOLO_OFFLINE", "1")
-        ultralytics_environment()
-        yield
+        with ultralytics_environment():
+            yield
 
 
 @pytest.fixture(scope="module")
