@@ -224,7 +224,6 @@ def export_ultralytics(
     Returns:
         `UltralyticsExportResult`; ``passed`` is the parity verdict (also in the report).
     """
-    from detseg.weights import ultralytics_parity
 
     if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise InputError(f"imgsz: expected a multiple of 32 (>= 32), found {imgsz!r}")
