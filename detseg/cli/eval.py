@@ -24,6 +24,11 @@ class IouType(str, Enum):
     segm = "segm"
 
 
+class Protocol(str, Enum):
+    coco = "coco"
+    lvis = "lvis"
+
+
 eval_app = typer.Typer(
     help="Evaluate COCO results against COCO ground truth (numbers identical to pycocotools).",
     invoke_without_command=True,
@@ -67,11 +72,23 @@ def eval_main(
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu or cuda."),
     pred_out: Path | None = typer.Option(None, "--pred-out", help="With --model: keep the predictions here (default: a temporary file)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary lines."),
+    protocol: Protocol = typer.Option(Protocol.coco, "--protocol", help="coco (pycocotools' COCOeval) or lvis (the lvis package's LVISEval: federated labels, 300 detections per image, APr/APc/APf)."),
 ) -> None:
     """Evaluate detections: `detseg eval --gt GT.json --pred RESULTS.json`."""
     if ctx.invoked_subcommand is not None:
         return
     from detseg.errors import InputError
+
+    if protocol is Protocol.lvis:
+        if model is not None or pred is None or gt is None:
+            raise InputError("--protocol lvis evaluates existing results: give --gt LVIS.json and "
+                             "--pred RESULTS.json (predict first with `detseg predict ... "
+                             "--max-det 300`; --model/--data is COCO-only for now)")
+        if out is not None or iou_thrs is not None or max_dets is not None:
+            raise InputError("--protocol lvis: --out, --iou-thrs and --max-dets are COCO-only for "
+                             "now (LVIS uses its fixed thresholds and 300 detections per image)")
+        _evaluate_lvis(gt, pred, iou_type.value, json_out, quiet)
+        return
 
     if model is not None or (data is not None and pred is None):
         if data is None:
@@ -130,6 +147,23 @@ def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: P
     if out is not None:
         files = write_report(ev, out, iou, score, report=report)
         print(f"wrote {files['html']} (and report.md, report.json, CSV, PNG in {out})", file=sys.stderr)
+
+
+def _evaluate_lvis(gt: Path, pred: Path, iou_type: str, json_out: Path | None, quiet: bool) -> None:
+    from detseg.data.coco import write_json_atomic
+    from detseg.eval.lvis import evaluate_lvis
+
+    ev = evaluate_lvis(gt, pred, iou_type)
+    print("\n".join(ev.summary_lines()))
+    if not quiet:
+        sizes = {f: len(g) for f, g in zip("rcf", ev.freq_groups, strict=True)}
+        print(f"categories by frequency: rare {sizes['r']}, common {sizes['c']}, "
+              f"frequent {sizes['f']}; detections evaluated: {len(ev.kept)}", file=sys.stderr)
+    _warn(ev.warnings)
+    if json_out is not None:
+        write_json_atomic(json_out, {"protocol": "lvis", "iou_type": iou_type,
+                                     "results": ev.results})
+        print(f"wrote {json_out}", file=sys.stderr)
 
 
 @eval_app.command("compare")
