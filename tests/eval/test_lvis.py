@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from detseg.errors import InputError
-from detseg.eval.lvis import MAX_DETS, RESULT_NAMES, evaluate_lvis, top_per_image
 from detseg.eval.loader import load_ground_truth, load_results
+from detseg.eval.lvis import MAX_DETS, RESULT_NAMES, evaluate_lvis, top_per_image
 from tests.eval.lvis_problem import make_lvis_problem
 
 
