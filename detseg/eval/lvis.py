@@ -114,19 +114,26 @@ def lvis_fields(data: Mapping, gt: GroundTruth, source: str) -> LvisFields:
     cat_lut = {v: k for k, v in enumerate(gt.cat_ids.tolist())}
     neg = np.zeros((n_img, n_cat), bool)
     nel = np.zeros((n_img, n_cat), bool)
-    for i, im in enumerate(data["images"]):
-        row = img_lut[im["id"]]
-        for key, table in (("neg_category_ids", neg), ("not_exhaustive_category_ids", nel)):
-            ids = im.get(key)
+    keys = gt.cat_ids
+    for key, table in (("neg_category_ids", neg), ("not_exhaustive_category_ids", nel)):
+        lists = [im.get(key) for im in data["images"]]
+        for i, ids in enumerate(lists):
             if not isinstance(ids, list):
                 raise InputError(f"{source}: images[{i}]: field '{key}': expected a list of "
                                  f"category ids (LVIS format), found {ids!r:.80}")
-            for v in ids:
-                k = cat_lut.get(v) if isinstance(v, int) and not isinstance(v, bool) else None
-                if k is None:
-                    raise InputError(f"{source}: images[{i}]: field '{key}': unknown category "
-                                     f"id {v!r:.40} (not in 'categories')")
-                table[row, k] = True
+        flat = [v for ids in lists for v in ids]
+        rows = np.repeat([img_lut[im["id"]] for im in data["images"]],
+                         [len(ids) for ids in lists]).astype(np.int64)
+        arr = np.array(flat) if flat else np.zeros(0, np.int64)
+        k = np.minimum(np.searchsorted(keys, arr), max(n_cat - 1, 0)) if arr.dtype.kind in "iu" else None
+        if k is None or (n_cat and not (keys[k] == arr).all()) or (not n_cat and flat):
+            for i, ids in enumerate(lists):  # name the first bad id
+                for v in ids:
+                    if isinstance(v, bool) or not isinstance(v, int) or v not in cat_lut:
+                        raise InputError(f"{source}: images[{i}]: field '{key}': unknown category "
+                                         f"id {v!r:.40} (not in 'categories')")
+        if flat:
+            table[rows, k] = True
     freq = np.empty(n_cat, dtype="<U1")
     for j, cat in enumerate(data["categories"]):
         f = cat.get("frequency")
@@ -227,32 +234,43 @@ def _accumulate(m: Matching, gt: GroundTruth, res: Results, fields: LvisFields,
     n_gt = np.zeros((n_a, n_cat), np.int64)  # ground truths not ignored, per area and category
     for a in range(n_a):
         n_gt[a] = np.bincount(g_cat[~m.gt_ignore[a]], minlength=n_cat)
-    # LVISEval visits a (category, area) only when some image has a GT or a detection of it
-    has_any = np.bincount(np.r_[g_cat, d_cat].astype(np.int64), minlength=n_cat) > 0
     starts = np.searchsorted(d_cat, np.arange(n_cat), "left")
     ends = np.searchsorted(d_cat, np.arange(n_cat), "right")
-    for k in np.flatnonzero(has_any):
+    # One category at a time, every area range and IoU threshold at once: the package's
+    # per-(category, area, threshold) loop, with the same float64 operations element-wise.
+    for k in np.flatnonzero((n_gt > 0).any(axis=0)):
         s, e = int(starts[k]), int(ends[k])
-        for a in range(n_a):
-            num_gt = int(n_gt[a, k])
-            if num_gt == 0:
-                continue
-            tp_sum = np.cumsum(tps[a, :, s:e], axis=1).astype(np.float64)
-            fp_sum = np.cumsum(fps[a, :, s:e], axis=1).astype(np.float64)
-            for t in range(n_t):
-                tp, fp = tp_sum[t], fp_sum[t]
-                num_tp = tp.shape[0]
-                rc = tp / num_gt
-                recall[t, k, a] = rc[-1] if num_tp else 0
-                pr = tp / (fp + tp + np.spacing(1))
-                # the package's right-to-left "max to the right" loop is a suffix maximum
-                pr = np.maximum.accumulate(pr[::-1])[::-1]
-                idx = np.searchsorted(rc, rec_thrs, side="left")
-                row = np.zeros(n_r)
-                inside = idx < num_tp
-                row[inside] = pr[idx[inside]]
-                precision[t, :, k, a] = row
+        areas = np.flatnonzero(n_gt[:, k] > 0)
+        num_gt = n_gt[areas, k].astype(np.float64)[:, None, None]
+        tp = np.cumsum(tps[areas, :, s:e], axis=2).astype(np.float64)  # (A', T, n)
+        fp = np.cumsum(fps[areas, :, s:e], axis=2).astype(np.float64)
+        n = e - s
+        rc = tp / num_gt
+        recall[:, k, areas] = (rc[:, :, -1] if n else np.zeros((areas.size, n_t))).T
+        if n == 0:
+            precision[:, :, k, areas] = 0.0
+            continue
+        pr = tp / (fp + tp + np.spacing(1))
+        # the package's right-to-left "max to the right" loop is a suffix maximum
+        pr = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]
+        idx = _first_at_least(rc, rec_thrs)  # (A', T, R): np.searchsorted(rc, rec_thrs, "left")
+        vals = np.take_along_axis(pr, np.minimum(idx, n - 1), axis=2)
+        vals[idx >= n] = 0.0  # recall thresholds never reached
+        precision[:, :, k, areas] = vals.transpose(1, 2, 0)
     return precision, recall
+
+
+def _first_at_least(rc: np.ndarray, thrs: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(row, thrs, "left")`` for every row of ``rc`` (..., n), rows sorted.
+
+    For a non-decreasing row that is the number of its values below each threshold.
+    """
+    n = rc.shape[-1]
+    if rc.size * thrs.size <= 4_000_000:
+        return (rc[..., None] < thrs).sum(axis=-2)
+    rows = rc.reshape(-1, n)
+    out = np.stack([np.searchsorted(row, thrs, side="left") for row in rows])
+    return out.reshape(*rc.shape[:-1], thrs.size)
 
 
 def _summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray,
