@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.eval.synthetic
+
 TOOLS = ("pycocotools", "faster-coco-eval", "detseg", "detseg-report")
 
 
@@ -43,7 +45,7 @@ def _rss_mb() -> float:
 
 
 def _problem(args: argparse.Namespace):
-    from detseg.eval.synthetic import make_large_problem
+    from tests.eval.synthetic import make_large_problem  # a test fixture, not in the wheel
 
     return make_large_problem(seed=args.seed, n_images=args.images, n_cats=args.cats,
                               dets_per_image=args.dets)

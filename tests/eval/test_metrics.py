@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from detseg.eval.metrics import STAT_NAMES, EvalParams, evaluate
-from detseg.eval.synthetic import make_problem
+from tests.eval.synthetic import make_problem
 from tests.eval.reference import assert_identical, jitter_gt, pycoco_eval
 
 
