@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter

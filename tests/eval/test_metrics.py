@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from detseg.eval.metrics import STAT_NAMES, EvalParams, evaluate
-from tests.eval.synthetic import make_problem
 from tests.eval.reference import assert_identical, jitter_gt, pycoco_eval
+from tests.eval.synthetic import make_problem
 
 
 @pytest.mark.parametrize("seed", range(12))
