@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from detseg.data.coco import RleRecord, read_json, read_results_records
+from detseg.data.coco import (
+    RleRecord,
+    check_ids,
+    read_json,
+    read_results_records,
+    results_from_detections,
+)
 from detseg.errors import InputError
 from detseg.eval.rle import check_segmentations, rle_area_bbox, to_rles
 
@@ -194,25 +200,6 @@ def _check_boxes(bbox: np.ndarray, where: str) -> None:
         )
 
 
-def _unique_ids(items: list, where: str, kinds: tuple = (int, str)) -> list:
-    ids = _column(items, where, "id")
-    types = set(map(type, ids))
-    if types == {int}:  # the usual case, checked without a Python loop
-        ok = not ids or (-2**63 < min(ids) and max(ids) < 2**63)
-    else:
-        ok = types == {str} and str in kinds
-    for i, v in ([] if ok else enumerate(ids)):
-        if isinstance(v, bool) or not isinstance(v, kinds) or (isinstance(v, int) and abs(v) >= 2**63):
-            raise InputError(f"{where}[{i}]: field 'id': expected an integer, found {_fmt(v)}")
-    if len(set(ids)) != len(ids):
-        seen: set = set()
-        for i, v in enumerate(ids):
-            if v in seen:
-                raise InputError(f"{where}[{i}]: duplicate id {v!r}")
-            seen.add(v)
-    return ids
-
-
 # ---- ground truth ----------------------------------------------------------------------------
 def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> GroundTruth:
     """Read a COCO instances file (path or parsed dict) and check what evaluation relies on."""
@@ -223,9 +210,9 @@ def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> Groun
         if not isinstance(data.get(key), list):
             raise InputError(f"{source}: field '{key}': expected a list, found {_fmt(data.get(key))}")
     images, anns, cats = data["images"], data["annotations"], data["categories"]
-    img_ids = _unique_ids(images, f"{source}: images")
-    cat_ids = _unique_ids(cats, f"{source}: categories")
-    _unique_ids(anns, f"{source}: annotations", (int,))
+    img_ids = check_ids(images, f"{source}: images")
+    cat_ids = check_ids(cats, f"{source}: categories")
+    check_ids(anns, f"{source}: annotations", (int,))
     warnings: list[str] = []
     try:
         order = sorted(range(len(img_ids)), key=img_ids.__getitem__)
@@ -282,25 +269,10 @@ def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> Groun
 
 # ---- results ---------------------------------------------------------------------------------
 def detections_to_records(dets: Mapping[Any, Any]) -> list[dict]:
-    """``{image_id: Detections}`` (class_ids = category ids) -> COCO results records.
-
-    Boxes go from xyxy to xywh in float64 without rounding; masks become compressed RLE.
-    """
-    records: list[dict] = []
-    for image_id, d in dets.items():
-        if not hasattr(d, "boxes") or not hasattr(d, "scores"):
-            raise InputError(f"results[{image_id!r}]: expected a Detections object (results given as "
-                             f"a mapping image_id -> Detections), found {type(d).__name__}")
-        xyxy = np.asarray(d.boxes, np.float64)
-        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1) if len(xyxy) else xyxy
-        rles = d.masks_as_rle() if d.masks is not None else None
-        for i in range(len(d)):
-            rec = {"image_id": image_id, "category_id": int(d.class_ids[i]),
-                   "bbox": xywh[i].tolist(), "score": float(d.scores[i])}
-            if rles is not None:
-                rec["segmentation"] = rles[i]
-            records.append(rec)
-    return records
+    """``{image_id: Detections}`` (class_ids = category ids) -> COCO results records, with the
+    COCO boundary's conversion and rounding (`detseg.data.coco.results_from_detections`), so
+    that detections score the same in memory and from the file `detseg predict` writes."""
+    return results_from_detections(dets)
 
 
 def _require_masks(segs: list, where: str, iou_type: str) -> None:
