@@ -33,7 +33,6 @@ import numpy as np
 
 from detseg.errors import InputError
 
-
 #: The rounding rule of COCO results (pixels, score): ~1/1000 pixel, 5 decimals of score.
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 5
