@@ -45,13 +45,16 @@ PROBLEMS = {"bbox": {"n_images": 5000, "dets_per_image": 100},
 
 
 def write_problem(kind: str, folder: Path, seed: int, n_images: int, dets: int) -> tuple[Path, Path]:
-    from tests.eval.synthetic import make_large_problem, make_large_segm_problem
-
-    make = make_large_segm_problem if kind == "segm" else make_large_problem
-    gt, res = make(seed=seed, n_images=n_images, dets_per_image=dets)
+    """Write the problem's two JSON files (in a subprocess: on Linux a child inherits its
+    parent's peak RSS, so the parent stays small to keep every tool's peak its own)."""
     gt_path, res_path = folder / f"{kind}_gt.json", folder / f"{kind}_res.json"
-    gt_path.write_text(json.dumps(gt))
-    res_path.write_text(json.dumps(res))
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from tests.eval.synthetic import make_large_problem, make_large_segm_problem; "
+            "make = make_large_segm_problem if sys.argv[2] == 'segm' else make_large_problem; "
+            "gt, res = make(seed=int(sys.argv[3]), n_images=int(sys.argv[4]), dets_per_image=int(sys.argv[5])); "
+            "open(sys.argv[6], 'w').write(json.dumps(gt)); open(sys.argv[7], 'w').write(json.dumps(res))")
+    subprocess.run([sys.executable, "-c", code, str(ROOT), kind, str(seed), str(n_images), str(dets),
+                    str(gt_path), str(res_path)], check=True)
     return gt_path, res_path
 
 

@@ -18,11 +18,18 @@ from detseg.errors import InputError
 _PYCOCO_CHUNK = 255
 
 
-def _decode_tokens(c: np.ndarray, lens: np.ndarray) -> tuple[int, str, np.ndarray, np.ndarray]:
-    """Split the joined characters ``c - 48`` into counts: (bad string, reason, values, string).
+# value of a one-character count: 5 bits, bit 0x10 the sign (x |= -1 << 5 when set)
+_ONE_CHAR = np.array([(c & 0x1F) - (32 if c & 0x10 else 0) for c in range(64)], np.int64)
 
-    Returns (-1, "", x, sid) where ``x`` are the decoded (delta) values and ``sid`` each
-    value's string index, or (index of the first bad string, reason, empty, empty).
+
+def _decode(c: np.ndarray, lens: np.ndarray) -> tuple[int, str, np.ndarray, np.ndarray]:
+    """The (delta) values of all counts of the joined strings.
+
+    Args:
+        c: (C,) uint8 characters minus 48; lens: (S,) int64 length of each string.
+    Returns:
+        (-1, "", x, ntok): x (T,) int64 the decoded values in order, ntok (S,) values per
+        string; or (index of the first bad string, reason, empty, empty).
     """
     empty = np.zeros(0, np.int64)
     ends_s = np.cumsum(lens)
@@ -31,27 +38,33 @@ def _decode_tokens(c: np.ndarray, lens: np.ndarray) -> tuple[int, str, np.ndarra
         return int(np.searchsorted(ends_s, i, "right")), "characters outside '0'..'o'", empty, empty
     more = c >= 32  # bit 0x20: another character of this count follows
     nonempty = lens > 0
-    cut = np.zeros(lens.shape[0], bool)
-    cut[nonempty] = more[ends_s[nonempty] - 1]
-    if cut.any():
-        return int(np.flatnonzero(cut)[0]), "the last count is cut off", empty, empty
-    last = np.flatnonzero(~more)  # the last character of each count
-    starts = np.empty_like(last)
-    starts[0] = 0
-    starts[1:] = last[:-1] + 1
-    tlen = last - starts + 1
-    # counts per string: every string ends a count, so counts never straddle two strings
-    ntok = np.diff(np.searchsorted(last, ends_s - 1, "right"), prepend=0)
-    sid = np.repeat(np.arange(lens.shape[0]), ntok)
-    if (tlen > 6).any():
-        return int(sid[np.flatnonzero(tlen > 6)[0]]), "a count with more than 6 characters", empty, empty
-    x = (c[starts] & 0x1F).astype(np.int64)
-    for j in range(1, int(tlen.max()) if tlen.size else 0):
-        sel = np.flatnonzero(tlen > j)
-        x[sel] |= (c[starts[sel] + j] & 0x1F).astype(np.int64) << (5 * j)
-    neg = (c[last] & 0x10) != 0  # sign bit of the last character: x |= -1 << 5k
-    x[neg] -= np.int64(1) << (5 * tlen[neg])
-    return -1, "", x, sid
+    if more[ends_s[nonempty] - 1].any():
+        j = int(np.flatnonzero(more[ends_s[nonempty] - 1])[0])
+        return int(np.flatnonzero(nonempty)[j]), "the last count is cut off", empty, empty
+    # Nearly every count is one character: decode all as one character from their last
+    # character, then redo the few longer ones.
+    x = _ONE_CHAR[c[~more]]
+    mpos = np.flatnonzero(more)  # continuation characters (few)
+    n_more = np.bincount(np.searchsorted(ends_s, mpos, "right"), minlength=lens.shape[0])
+    ntok = lens - n_more
+    if mpos.size:
+        tok = mpos - np.arange(mpos.shape[0])  # the count each continuation character belongs to
+        run = np.flatnonzero(np.r_[True, tok[1:] != tok[:-1]])
+        k = np.arange(mpos.shape[0]) - np.repeat(run, np.diff(np.r_[run, mpos.shape[0]]))
+        t_ids = tok[run]
+        t_len = np.diff(np.r_[run, mpos.shape[0]]) + 1  # characters of each long count
+        if (t_len > 6).any():
+            j = int(np.flatnonzero(t_len > 6)[0])
+            return int(np.searchsorted(ends_s, mpos[run[j]], "right")), "a count with more than 6 characters", empty, empty
+        val = np.zeros(t_ids.shape[0], np.int64)
+        np.add.at(val, np.repeat(np.arange(t_ids.shape[0]), t_len - 1),
+                  (c[mpos] & 0x1F).astype(np.int64) << (5 * k))
+        last_c = c[mpos[run] + t_len - 1]
+        val |= (last_c & 0x1F).astype(np.int64) << (5 * (t_len - 1))
+        neg = (last_c & 0x10) != 0
+        val[neg] -= np.int64(1) << (5 * t_len[neg])
+        x[t_ids] = val
+    return -1, "", x, ntok
 
 
 def rle_strings_check(counts: Sequence[str | bytes], areas: Sequence[int] | np.ndarray
@@ -73,8 +86,11 @@ def rle_strings_check(counts: Sequence[str | bytes], areas: Sequence[int] | np.n
     area = np.asarray(areas, np.int64).reshape(-1)
     if n == 0:
         return -1, ""
-    if all(type(s) is str for s in counts):
-        joined = "".join(counts)
+    try:
+        joined = "".join(counts)  # TypeError when some are bytes
+    except TypeError:
+        joined = None
+    if joined is not None:
         if not joined.isascii():
             i = next(i for i, s in enumerate(counts) if not s.isascii())
             return i, "characters outside '0'..'o'"
@@ -84,29 +100,33 @@ def rle_strings_check(counts: Sequence[str | bytes], areas: Sequence[int] | np.n
         raw = b"".join(parts)
         counts = parts
     lens = np.fromiter(map(len, counts), np.int64, n)
-    if raw == b"":
-        bad = np.flatnonzero(area != 0)
-        return (int(bad[0]), "no counts") if bad.size else (-1, "")
     c = np.frombuffer(raw, np.uint8) - np.uint8(48)
-    bad, why, x, sid = _decode_tokens(c, lens)
+    bad, why, x, ntok = _decode(c, lens)
     if bad >= 0:
         return bad, why
-    ntok = np.bincount(sid, minlength=n)
+    # Count m of a string is x[m] + count m - 2 for m > 2: a running sum along each parity
+    # (m = 1, 3, 5, ... and m = 2, 4, ...). With global value index g and the string's
+    # first index f, count g = (sum of x over g' = g mod 2, f < g' <= g), or x[f] at g = f.
     first = np.cumsum(ntok) - ntok
-    m = np.arange(x.shape[0]) - first[sid]  # index of each count in its string
-    cnts = x.copy()
-    for sel in (np.flatnonzero(m % 2 == 1), np.flatnonzero((m % 2 == 0) & (m > 0))):
-        if not sel.size:
-            continue
-        xs, ss = x[sel], sid[sel]
-        cs = np.cumsum(xs)
-        run = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
-        base = cs[run] - xs[run]
-        cnts[sel] = cs - np.repeat(base, np.diff(np.r_[run, sel.shape[0]]))
+    has = ntok > 0
+    pe = np.cumsum(x[0::2])  # pe[k]: sum of x[0], x[2], ..., x[2k]
+    po = np.cumsum(x[1::2])  # po[k]: sum of x[1], x[3], ..., x[2k + 1]
+    f = first[has]
+    base_e = np.zeros(n, np.int64)
+    base_o = np.zeros(n, np.int64)
+    base_e[has] = pe[f // 2]
+    fo = (f - 1) // 2
+    base_o[has] = np.where(fo >= 0, po[np.maximum(fo, 0)] if po.size else 0, 0)
+    cnts = np.empty_like(x)
+    cnts[0::2] = pe - np.repeat(base_e, ntok)[0::2]
+    cnts[1::2] = po - np.repeat(base_o, ntok)[1::2]
+    cnts[f] = x[f]
     out_of_range = (cnts < 0) | (cnts >= 2**32)
     if out_of_range.any():
-        return int(sid[np.flatnonzero(out_of_range)[0]]), "a negative or huge count"
-    total = np.bincount(sid, weights=cnts.astype(np.float64), minlength=n)
+        g = int(np.flatnonzero(out_of_range)[0])
+        return int(np.searchsorted(np.cumsum(ntok), g, "right")), "a negative or huge count"
+    total = np.zeros(n, np.int64)
+    total[has] = np.add.reduceat(cnts, f) if f.size else 0
     wrong = np.flatnonzero(total != area)
     if wrong.size:
         j = int(wrong[0])
