@@ -148,16 +148,19 @@ def bench_problem(kind: str, args: argparse.Namespace, folder: Path) -> dict:
         rows[tool] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         rows[tool]["identical"] = _identical(folder, tool)
     base = rows.get("pycocotools")
-    print(f"\n{kind}: medians. 'x' = pycocotools time / tool time (wall); 'vs hotcoco' = hotcoco / tool")
-    print(f"{'tool':<17} {'total s':>8} {'CPU s':>8} {'metrics s':>9} {'x total':>8} {'x metrics':>9} "
-          f"{'vs hotcoco':>10} {'peak MB':>8}  identical to pycocotools")
+    print(f"\n{kind}: medians. 'x' = pycocotools time / tool time; 'vs hotcoco' = hotcoco time / tool "
+          "time (> 1: faster than hotcoco); wall and CPU (process time, all threads)")
+    print(f"{'tool':<17} {'total s':>8} {'CPU s':>8} {'metrics s':>9} {'x total':>8} {'x CPU':>7} "
+          f"{'x metrics':>9} {'vs hotcoco':>10} {'(CPU)':>6} {'peak MB':>8}  identical to pycocotools")
     hot = rows.get("hotcoco")
     for tool, r in rows.items():
         xt = f"{base['seconds'] / r['seconds']:.1f}x" if base else "-"
+        xc = f"{base['cpu_seconds'] / r['cpu_seconds']:.1f}x" if base else "-"
         xm = f"{base['metrics_seconds'] / r['metrics_seconds']:.1f}x" if base else "-"
         vh = f"{hot['seconds'] / r['seconds']:.2f}x" if hot else "-"
+        vc = f"{hot['cpu_seconds'] / r['cpu_seconds']:.2f}x" if hot else "-"
         print(f"{tool:<17} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {r['metrics_seconds']:9.3f} "
-              f"{xt:>8} {xm:>9} {vh:>10} {r['peak_rss_mb']:8.0f}  {r['identical']}")
+              f"{xt:>8} {xc:>7} {xm:>9} {vh:>10} {vc:>6} {r['peak_rss_mb']:8.0f}  {r['identical']}")
     return rows
 
 

@@ -168,8 +168,15 @@ def _lookup(values: list, lut: dict, where: str, key: str, known: str) -> np.nda
         arr = np.array(values) if values else np.zeros(0, np.int64)
     except (ValueError, TypeError, OverflowError):
         arr = np.zeros((0, 0))
-    if arr.ndim == 1 and arr.dtype.kind in "iu" and keys.dtype.kind in "iu":
+    if arr.ndim == 1 and arr.dtype.kind in "iu" and keys.dtype.kind in "iu" and keys.size:
         # vectorised for the usual integer ids (bools are not ints here: dtype kind 'b')
+        lo, hi = int(keys[0]), int(keys[-1])
+        if hi - lo <= max(4 * arr.size, 1 << 20) and arr.size and lo <= arr.min() and arr.max() <= hi:
+            table = np.full(hi - lo + 1, -1, np.int64)  # a dense table: one gather, no search
+            table[keys - lo] = np.arange(keys.size)
+            idx = table[arr - lo]
+            if (idx >= 0).all():
+                return idx
         idx = np.minimum(np.searchsorted(keys, arr), max(keys.size - 1, 0))
         if keys.size and (keys[idx] == arr).all():
             return idx.astype(np.int64)
