@@ -117,12 +117,15 @@ def rle_strings_check(counts: Sequence[str | bytes], areas: Sequence[int] | np.n
     base_e[has] = pe[f // 2]
     fo = (f - 1) // 2
     base_o[has] = np.where(fo >= 0, po[np.maximum(fo, 0)] if po.size else 0, 0)
+    # values of each string at even / odd global indices (for the repeats of the bases)
+    end = first + ntok
+    n_even = (end + 1) // 2 - (first + 1) // 2
     cnts = np.empty_like(x)
-    cnts[0::2] = pe - np.repeat(base_e, ntok)[0::2]
-    cnts[1::2] = po - np.repeat(base_o, ntok)[1::2]
+    cnts[0::2] = pe - np.repeat(base_e, n_even)
+    cnts[1::2] = po - np.repeat(base_o, ntok - n_even)
     cnts[f] = x[f]
-    out_of_range = (cnts < 0) | (cnts >= 2**32)
-    if out_of_range.any():
+    if cnts.size and (cnts.min() < 0 or cnts.max() >= 2**32):
+        out_of_range = (cnts < 0) | (cnts >= 2**32)
         g = int(np.flatnonzero(out_of_range)[0])
         return int(np.searchsorted(np.cumsum(ntok), g, "right")), "a negative or huge count"
     total = np.zeros(n, np.int64)
