@@ -8,7 +8,9 @@ including JSON parsing and whatever checking it does:
 - pycocotools (the 1x baseline): COCO(gt) + loadRes(res) + evaluate/accumulate/summarize;
 - faster-coco-eval: the same with its COCO and COCOeval_faster;
 - hotcoco: its COCO(gt) + loadRes(res) + COCOeval;
-- detseg: `detseg.eval.evaluate(gt_path, res_path)` (parsing, validation, metrics).
+- detseg: `detseg.eval.evaluate(gt_path, res_path)` (parsing, validation, metrics);
+- detseg-report (only when named in --tools): the same plus the full report of
+  `detseg eval --out DIR` (tables, P/R/F1, confusion matrix, TIDE-style errors, plots, HTML).
 "metrics" is the step after loading: pycocotools' COCOeval evaluate/accumulate/summarize
 from built COCO objects, detseg's `evaluate` from loaded `GroundTruth`/`Results`.
 Every tool's precision/recall/scores and stats are compared with pycocotools' element by element.
@@ -17,6 +19,7 @@ Times are medians over --repeat runs (pycocotools: --pyco-repeat).
     .venv/bin/python bench/bench_eval.py                      # both problems, every tool
     .venv/bin/python bench/bench_eval.py --problems segm --tools hotcoco,detseg
     .venv/bin/python bench/bench_eval.py --memory 2000000     # detseg's peak RSS on 2M records
+    .venv/bin/python bench/bench_eval.py --problems bbox --tools detseg,detseg-report
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _run_tool(tool: str, gt: str, res: str, iou_type: str):
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if tool == "detseg":
+        if tool in ("detseg", "detseg-report"):
             from detseg.eval.loader import load_ground_truth, load_results
             from detseg.eval.metrics import evaluate
 
@@ -72,6 +75,11 @@ def _run_tool(tool: str, gt: str, res: str, iou_type: str):
             t = time.perf_counter()
             ev = evaluate(g, r, iou_type)
             inner = time.perf_counter() - t
+            if tool == "detseg-report":  # everything `detseg eval --out DIR` writes
+                from detseg.eval.report import write_report
+
+                with tempfile.TemporaryDirectory() as d:
+                    write_report(ev, Path(d))
             return ev.stats, {k: getattr(ev, k) for k in ("precision", "recall", "scores")}, inner
         if tool == "pycocotools":
             from pycocotools.coco import COCO
@@ -96,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
     """One tool, one problem: time from paths to stats; write the figures and arrays."""
     tool, out = args.worker, Path(args.out)
     # imports outside the timed part
-    if tool == "detseg":
+    if tool.startswith("detseg"):
         import detseg.eval.metrics  # noqa: F401
     elif tool == "pycocotools":
         import pycocotools.cocoeval  # noqa: F401
