@@ -1,5 +1,8 @@
-"""COCO RLE helpers that never hand pycocotools' C code a string or a call shape it mishandles.
+"""COCO masks for evaluation, never handing pycocotools' C code an input or a call shape it
+mishandles.
 
+- `check_segmentations`: polygons and RLE checked as pycocotools will read them (field-naming
+  `InputError`s); `to_rles`: the checked masks as compressed RLE, as ``COCO.annToRLE`` makes them.
 - `rle_strings_check`: compressed RLE strings decoded and checked in numpy before pycocotools
   parses them (a malformed string makes its C parser read past the end of the string).
 - `rle_area_bbox`: ``mask.area`` and ``mask.toBbox`` in chunks of at most 255 masks
