@@ -1,19 +1,25 @@
-"""Benchmark `detseg eval` against pycocotools (the baseline) and faster-coco-eval.
+"""Benchmark `detseg eval` end to end (file paths in, the 12 stats out) against its peers.
 
-A seeded COCO-scale box problem (default: 5,000 images, 80 categories, ~36k ground-truth
-boxes with ~1% crowd, 100 detections per image) is evaluated by each tool in its own
-subprocess, so that each one's peak memory (max RSS) is its own. Timings start from the
-parsed ground-truth dict and results list (JSON parsing costs the same for every tool) and
-cover what each tool needs to produce the 12 numbers:
-- pycocotools: COCO index + loadRes + evaluate + accumulate + summarize;
+Two seeded problems, written once as JSON files (the json module's formatting):
+- bbox: 5,000 images, 80 categories, ~36k ground-truth boxes (1% crowd), 500k detections;
+- segm: 500 images, ~3.6k polygon ground-truth masks, 50k compressed-RLE detections.
+Every tool runs in its own subprocess (its peak RSS is its own), from the two file paths,
+including JSON parsing and whatever checking it does:
+- pycocotools (the 1x baseline): COCO(gt) + loadRes(res) + evaluate/accumulate/summarize;
 - faster-coco-eval: the same with its COCO and COCOeval_faster;
-- detseg metrics: `detseg.eval.evaluate`;
-- detseg full report: metrics + per-class table, P/R/F1, confusion matrix, TIDE-style errors,
-  plots, and the Markdown/CSV/JSON/HTML report written to a temporary folder.
-Every tool's precision/recall/scores arrays are compared with pycocotools' element by element.
+- hotcoco: its COCO(gt) + loadRes(res) + COCOeval;
+- detseg: `detseg.eval.evaluate(gt_path, res_path)` (parsing, validation, metrics);
+- detseg-report (only when named in --tools): the same plus the full report of
+  `detseg eval --out DIR` (tables, P/R/F1, confusion matrix, TIDE-style errors, plots, HTML).
+"metrics" is the step after loading: pycocotools' COCOeval evaluate/accumulate/summarize
+from built COCO objects, detseg's `evaluate` from loaded `GroundTruth`/`Results`.
+Every tool's precision/recall/scores and stats are compared with pycocotools' element by element.
+Times are medians over --repeat runs (pycocotools: --pyco-repeat).
 
-    .venv/bin/python bench/bench_eval.py                # the full problem (pycocotools: minutes)
-    .venv/bin/python bench/bench_eval.py --images 500   # a quick run
+    .venv/bin/python bench/bench_eval.py                      # both problems, every tool
+    .venv/bin/python bench/bench_eval.py --problems segm --tools hotcoco,detseg
+    .venv/bin/python bench/bench_eval.py --memory 2000000     # detseg's peak RSS on 2M records
+    .venv/bin/python bench/bench_eval.py --problems bbox --tools detseg,detseg-report
 """
 
 from __future__ import annotations
@@ -23,148 +29,183 @@ import contextlib
 import io
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-TOOLS = ("pycocotools", "faster-coco-eval", "detseg", "detseg-report")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repo root: tests.eval.synthetic (a test fixture, not in the wheel)
+
+TOOLS = ("pycocotools", "faster-coco-eval", "hotcoco", "detseg")
+PROBLEMS = {"bbox": {"n_images": 5000, "dets_per_image": 100},
+            "segm": {"n_images": 500, "dets_per_image": 100}}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def write_problem(kind: str, folder: Path, seed: int, n_images: int, dets: int) -> tuple[Path, Path]:
+    """Write the problem's two JSON files (in a subprocess: on Linux a child inherits its
+    parent's peak RSS, so the parent stays small to keep every tool's peak its own)."""
+    gt_path, res_path = folder / f"{kind}_gt.json", folder / f"{kind}_res.json"
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from tests.eval.synthetic import make_large_problem, make_large_segm_problem; "
+            "make = make_large_segm_problem if sys.argv[2] == 'segm' else make_large_problem; "
+            "gt, res = make(seed=int(sys.argv[3]), n_images=int(sys.argv[4]), dets_per_image=int(sys.argv[5])); "
+            "open(sys.argv[6], 'w').write(json.dumps(gt)); open(sys.argv[7], 'w').write(json.dumps(res))")
+    subprocess.run([sys.executable, "-c", code, str(ROOT), kind, str(seed), str(n_images), str(dets),
+                    str(gt_path), str(res_path)], check=True)
+    return gt_path, res_path
 
 
-def _problem(args: argparse.Namespace):
-    from detseg.eval.synthetic import make_large_problem
+def _run_tool(tool: str, gt: str, res: str, iou_type: str):
+    """(stats, arrays, seconds of the metrics step) of one tool, from the two paths."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if tool in ("detseg", "detseg-report"):
+            from detseg.eval.loader import load_ground_truth, load_results
+            from detseg.eval.metrics import evaluate
 
-    return make_large_problem(seed=args.seed, n_images=args.images, n_cats=args.cats,
-                              dets_per_image=args.dets)
+            g = load_ground_truth(gt, iou_type)
+            r = load_results(res, g, iou_type)
+            t = time.perf_counter()
+            ev = evaluate(g, r, iou_type)
+            inner = time.perf_counter() - t
+            if tool == "detseg-report":  # everything `detseg eval --out DIR` writes
+                from detseg.eval.report import write_report
+
+                with tempfile.TemporaryDirectory() as d:
+                    write_report(ev, Path(d))
+            return ev.stats, {k: getattr(ev, k) for k in ("precision", "recall", "scores")}, inner
+        if tool == "pycocotools":
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+        elif tool == "faster-coco-eval":
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as COCOeval
+        else:
+            from hotcoco import COCO, COCOeval
+        c = COCO(gt)
+        d = c.loadRes(res)
+        t = time.perf_counter()
+        e = COCOeval(c, d, iou_type)
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+        inner = time.perf_counter() - t
+        return np.asarray(e.stats)[:12], {k: np.asarray(e.eval[k]) for k in ("precision", "recall", "scores")}, inner
 
 
-def worker(tool: str, args: argparse.Namespace, out: Path) -> None:
-    """Run one tool on the problem; write its timing, memory and arrays under ``out``."""
-    gt, res = _problem(args)
-    # imports outside the timed part: each tool's time is evaluation only
-    if tool == "pycocotools":
-        import pycocotools.coco  # noqa: F401
+def worker(args: argparse.Namespace) -> None:
+    """One tool, one problem: time from paths to stats; write the figures and arrays."""
+    tool, out = args.worker, Path(args.out)
+    # imports outside the timed part
+    if tool.startswith("detseg"):
+        import detseg.eval.metrics  # noqa: F401
+    elif tool == "pycocotools":
         import pycocotools.cocoeval  # noqa: F401
     elif tool == "faster-coco-eval":
         import faster_coco_eval  # noqa: F401
     else:
-        import detseg.eval.metrics  # noqa: F401
-    base = _rss_mb()
+        import hotcoco  # noqa: F401
     t0, c0 = time.perf_counter(), time.process_time()
-    sink = io.StringIO()
-    if tool == "pycocotools":
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        with contextlib.redirect_stdout(sink):
-            c = COCO()
-            c.dataset = gt
-            c.createIndex()
-            e = COCOeval(c, c.loadRes(res), "bbox")
-            e.evaluate()
-            e.accumulate()
-            e.summarize()
-        arrays, stats = e.eval, np.asarray(e.stats)
-    elif tool == "faster-coco-eval":
-        import warnings
-
-        from faster_coco_eval import COCO as FCOCO
-        from faster_coco_eval import COCOeval_faster
-
-        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            c = FCOCO(gt)
-            e = COCOeval_faster(c, c.loadRes(res), "bbox")
-            e.evaluate()
-            e.accumulate()
-            e.summarize()
-        arrays, stats = e.eval, np.asarray(e.stats[:12])
-    else:
-        from detseg.eval.metrics import evaluate
-
-        ev = evaluate(gt, res, "bbox")
-        if tool == "detseg-report":
-            from detseg.eval.report import write_report
-
-            with tempfile.TemporaryDirectory() as d:
-                write_report(ev, Path(d))
-        arrays = {"precision": ev.precision, "recall": ev.recall, "scores": ev.scores}
-        stats = ev.stats
+    stats, arrays, inner = _run_tool(tool, args.gt, args.res, args.iou_type)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.savez(out / f"{tool}.npz", stats=stats, precision=arrays["precision"],
-             recall=arrays["recall"], scores=arrays["scores"])
+    np.savez(out / f"{tool}.npz", stats=stats, **arrays)
     (out / f"{tool}.json").write_text(json.dumps(
-        {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak, "problem_rss_mb": base}))
+        {"seconds": seconds, "cpu_seconds": cpu, "metrics_seconds": inner, "peak_rss_mb": peak}))
+
+
+def _spawn(tool: str, gt: Path, res: Path, iou_type: str, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", tool, "--out", str(out), "--gt", str(gt),
+           "--res", str(res), "--iou-type", iou_type]
+    subprocess.run(cmd, check=True)
+    return json.loads((out / f"{tool}.json").read_text())
+
+
+def _identical(out: Path, tool: str) -> str:
+    if not (out / "pycocotools.npz").exists():
+        return "-"
+    ref, got = np.load(out / "pycocotools.npz"), np.load(out / f"{tool}.npz")
+    diffs = {k: float(np.abs(got[k] - ref[k]).max()) if got[k].shape == ref[k].shape else float("inf")
+             for k in ("stats", "precision", "recall", "scores")}
+    if not any(diffs.values()):
+        return "yes (0 difference)"
+    return "NO: max |diff| " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items() if v)
+
+
+def bench_problem(kind: str, args: argparse.Namespace, folder: Path) -> dict:
+    spec = PROBLEMS[kind]
+    n_images = args.images if args.images else spec["n_images"]
+    gt, res = write_problem(kind, folder, args.seed, n_images, spec["dets_per_image"])
+    mb = res.stat().st_size / 2**20
+    print(f"\n== {kind}: {n_images} images, results file {mb:.1f} MB, ground truth "
+          f"{gt.stat().st_size / 2**20:.1f} MB (seed {args.seed})", flush=True)
+    rows = {}
+    for tool in args.tools.split(","):
+        runs = []
+        for _ in range(args.pyco_repeat if tool == "pycocotools" else args.repeat):
+            runs.append(_spawn(tool, gt, res, kind, folder))
+            print(f"  {tool:<17} {runs[-1]['seconds']:8.2f} s wall, {runs[-1]['cpu_seconds']:8.2f} s CPU, "
+                  f"metrics {runs[-1]['metrics_seconds']:.2f} s", flush=True)
+        rows[tool] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rows[tool]["identical"] = _identical(folder, tool)
+    base = rows.get("pycocotools")
+    print(f"\n{kind}: medians. 'x' = pycocotools time / tool time; 'vs hotcoco' = hotcoco time / tool "
+          "time (> 1: faster than hotcoco); wall and CPU (process time, all threads)")
+    print(f"{'tool':<17} {'total s':>8} {'CPU s':>8} {'metrics s':>9} {'x total':>8} {'x CPU':>7} "
+          f"{'x metrics':>9} {'vs hotcoco':>10} {'(CPU)':>6} {'peak MB':>8}  identical to pycocotools")
+    hot = rows.get("hotcoco")
+    for tool, r in rows.items():
+        xt = f"{base['seconds'] / r['seconds']:.1f}x" if base else "-"
+        xc = f"{base['cpu_seconds'] / r['cpu_seconds']:.1f}x" if base else "-"
+        xm = f"{base['metrics_seconds'] / r['metrics_seconds']:.1f}x" if base else "-"
+        vh = f"{hot['seconds'] / r['seconds']:.2f}x" if hot else "-"
+        vc = f"{hot['cpu_seconds'] / r['cpu_seconds']:.2f}x" if hot else "-"
+        print(f"{tool:<17} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {r['metrics_seconds']:9.3f} "
+              f"{xt:>8} {xc:>7} {xm:>9} {vh:>10} {vc:>6} {r['peak_rss_mb']:8.0f}  {r['identical']}")
+    return rows
+
+
+def bench_memory(n_records: int, args: argparse.Namespace, folder: Path) -> None:
+    """detseg's peak RSS evaluating a results file of ``n_records`` boxes (100 per image)."""
+    n_images = max(1, n_records // 100)
+    gt, res = write_problem("bbox", folder, args.seed, n_images, 100)
+    print(f"\n== memory: {n_images} images, {n_records} detections, results file "
+          f"{res.stat().st_size / 2**20:.0f} MB", flush=True)
+    r = _spawn("detseg", gt, res, "bbox", folder)
+    print(f"detseg: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (target <= 1024 MB)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=5000)
-    ap.add_argument("--cats", type=int, default=80)
-    ap.add_argument("--dets", type=int, default=100, help="detections per image")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--problems", default="bbox,segm")
     ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--images", type=int, default=0, help="override the number of images")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pyco-repeat", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memory", type=int, default=0, help="also measure detseg's peak RSS on this many records")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--gt", help=argparse.SUPPRESS)
+    ap.add_argument("--res", help=argparse.SUPPRESS)
+    ap.add_argument("--iou-type", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args, Path(args.out))
+        worker(args)
         return
-
-    gt, res = _problem(args)
-    n_crowd = sum(a["iscrowd"] for a in gt["annotations"])
-    print(f"problem: {len(gt['images'])} images, {len(gt['categories'])} categories, "
-          f"{len(gt['annotations'])} GT boxes ({n_crowd} crowd), {len(res)} detections, "
-          f"seed {args.seed}")
-    del gt, res
-    tools = args.tools.split(",")
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d)
-        rows = {}
-        for tool in tools:
-            cmd = [sys.executable, __file__, "--worker", tool, "--out", d, "--images", str(args.images),
-                   "--cats", str(args.cats), "--dets", str(args.dets), "--seed", str(args.seed)]
-            subprocess.run(cmd, check=True)
-            rows[tool] = json.loads((out / f"{tool}.json").read_text())
-            print(f"  {tool:<17} {rows[tool]['seconds']:8.2f} s wall, {rows[tool]['cpu_seconds']:8.2f} s CPU",
-                  flush=True)
-        ref = np.load(out / "pycocotools.npz") if "pycocotools" in rows else None
-        base = rows.get("pycocotools")
-        print(f"\n{'tool':<17} {'wall s':>8} {'CPU s':>8} {'x faster (wall)':>16} {'x faster (CPU)':>15} "
-              f"{'peak RSS MB':>12} {'(eval only)':>11}  identical to pycocotools")
-        for tool, r in rows.items():
-            same = "-"
-            if ref is not None and tool != "pycocotools":
-                got = np.load(out / f"{tool}.npz")
-                diffs = {k: float(np.abs(got[k] - ref[k]).max()) for k in
-                         ("stats", "precision", "recall", "scores")}
-                same = "yes (0 difference)" if not any(diffs.values()) else \
-                    "NO: max |diff| " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
-            sw = f"{base['seconds'] / r['seconds']:.1f}x" if base else "-"
-            sc = f"{base['cpu_seconds'] / r['cpu_seconds']:.1f}x" if base else "-"
-            mem = r["peak_rss_mb"] - r["problem_rss_mb"]
-            print(f"{tool:<17} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {sw:>16} {sc:>15} "
-                  f"{r['peak_rss_mb']:>12.0f} {mem:>11.0f}  {same}")
-        if "detseg" in rows and "detseg-report" in rows:
-            d, dr = rows["detseg"], rows["detseg-report"]
-            print(f"\nfull report / metrics: {dr['seconds'] / d['seconds']:.2f}x wall, "
-                  f"{dr['cpu_seconds'] / d['cpu_seconds']:.2f}x CPU (target <= 5x)")
-        print("The machine is shared: CPU seconds (time.process_time) are less sensitive to other "
-              "load than wall seconds.")
-        print("Peak RSS counts the whole worker process including the in-memory problem; "
-              "'eval only' is the peak minus the RSS after building the problem.")
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as d:
+        for kind in [p for p in args.problems.split(",") if p]:
+            bench_problem(kind, args, Path(d))
+        if args.memory:
+            bench_memory(args.memory, args, Path(d))
+    print("\nThe machine may be shared: compare ratios measured in the same run, not absolute times.")
 
 
 if __name__ == "__main__":

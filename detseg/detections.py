@@ -200,31 +200,12 @@ class Detections:
         """COCO results records: ``bbox`` as xywh, ``segmentation`` as compressed RLE.
 
         ``category_ids`` maps class ids to COCO category ids (a sequence indexed by class id
-        or a mapping); without it the class id is written as the category id.
+        or a mapping); without it the class id is written as the category id. The COCO
+        boundary's one conversion and rounding rule (`detseg.data.coco.detections_to_records`).
         """
-        xywh = self.boxes.astype(np.float64).copy()
-        xywh[:, 2:] -= xywh[:, :2]
-        cats = self.class_ids.tolist()
-        if category_ids is not None:
-            try:
-                cats = [int(category_ids[c]) for c in cats]
-            except (IndexError, KeyError) as exc:
-                raise InputError(
-                    f"category_ids: no COCO category id for class id {exc.args[0]}"
-                ) from None
-        rles = self.masks_as_rle() if (with_masks and self.masks is not None) else None
-        records = []
-        for i in range(len(self)):
-            rec = {
-                "image_id": image_id,
-                "category_id": cats[i],
-                "bbox": [round(float(v), 3) for v in xywh[i]],
-                "score": round(float(self.scores[i]), 5),
-            }
-            if rles is not None:
-                rec["segmentation"] = rles[i]
-            records.append(rec)
-        return records
+        from detseg.data.coco import detections_to_records
+
+        return detections_to_records(self, image_id, category_ids, with_masks)
 
     @classmethod
     def from_coco(
@@ -239,17 +220,19 @@ class Detections:
         score 1. Masks are kept as RLE when every record has a ``segmentation`` (polygons are
         converted, which needs ``image_size``).
         """
+        from detseg.data.coco import xywh_to_xyxy
+
         n = len(records)
-        boxes = np.zeros((n, 4), np.float32)
+        xywh = np.zeros((n, 4), np.float64)
         for i, r in enumerate(records):
             try:
-                x, y, w, h = (float(v) for v in r["bbox"])
+                xywh[i] = [float(v) for v in r["bbox"]]
             except (KeyError, TypeError, ValueError):
                 raise InputError(
                     f"record {i}: field 'bbox': expected [x, y, width, height], "
                     f"found {r.get('bbox')!r}"
                 ) from None
-            boxes[i] = (x, y, x + w, y + h)
+        boxes = xywh_to_xyxy(xywh).astype(np.float32)
         scores = np.array([float(r.get("score", 1.0)) for r in records], np.float32)
         class_ids = np.array([int(r["category_id"]) for r in records], np.int64)
         masks = None

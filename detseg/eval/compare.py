@@ -18,8 +18,8 @@ import numpy as np
 
 from detseg.errors import InputError
 from detseg.eval.analysis import _area_all
-from detseg.eval.metrics import STAT_NAMES, CocoEvaluation, evaluate
 from detseg.eval.loader import load_ground_truth
+from detseg.eval.metrics import STAT_NAMES, CocoEvaluation, evaluate
 
 
 @dataclass

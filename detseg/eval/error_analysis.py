@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from detseg.eval.analysis import _area_all, cat_score_order, iou_index
-from detseg.eval.metrics import CocoEvaluation
 from detseg.eval.loader import to_rles
+from detseg.eval.metrics import CocoEvaluation
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 

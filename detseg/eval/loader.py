@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import array
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detseg.data.coco import read_json
+from detseg.data.coco import (
+    RleRecord,
+    check_ids,
+    read_json,
+    read_results_records,
+    results_from_detections,
+)
 from detseg.errors import InputError
-from detseg.eval.rle import rle_strings_check
+from detseg.eval.rle import check_segmentations, rle_area_bbox, to_rles
 
 MEMORY = "<memory>"
 IOU_TYPES = ("bbox", "segm")
@@ -162,8 +168,15 @@ def _lookup(values: list, lut: dict, where: str, key: str, known: str) -> np.nda
         arr = np.array(values) if values else np.zeros(0, np.int64)
     except (ValueError, TypeError, OverflowError):
         arr = np.zeros((0, 0))
-    if arr.ndim == 1 and arr.dtype.kind in "iu" and keys.dtype.kind in "iu":
+    if arr.ndim == 1 and arr.dtype.kind in "iu" and keys.dtype.kind in "iu" and keys.size:
         # vectorised for the usual integer ids (bools are not ints here: dtype kind 'b')
+        lo, hi = int(keys[0]), int(keys[-1])
+        if hi - lo <= max(4 * arr.size, 1 << 20) and arr.size and lo <= arr.min() and arr.max() <= hi:
+            table = np.full(hi - lo + 1, -1, np.int64)  # a dense table: one gather, no search
+            table[keys - lo] = np.arange(keys.size)
+            idx = table[arr - lo]
+            if (idx >= 0).all():
+                return idx
         idx = np.minimum(np.searchsorted(keys, arr), max(keys.size - 1, 0))
         if keys.size and (keys[idx] == arr).all():
             return idx.astype(np.int64)
@@ -194,69 +207,6 @@ def _check_boxes(bbox: np.ndarray, where: str) -> None:
         )
 
 
-def _check_segmentation(segs: list, where: str, hw: np.ndarray | None = None,
-                        img: np.ndarray | None = None) -> None:
-    for i, s in enumerate(segs):
-        if isinstance(s, dict):
-            size, counts = s.get("size"), s.get("counts")
-            if (not isinstance(size, (list, tuple)) or len(size) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)):
-                raise InputError(f"{where}[{i}]: field 'segmentation.size': expected [height, width], found {_fmt(size)}")
-            if not isinstance(counts, (str, bytes, list)) or (
-                    isinstance(counts, list) and not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
-                raise InputError(f"{where}[{i}]: field 'segmentation.counts': expected an RLE string or a list of counts, found {_fmt(counts)}")
-            if isinstance(counts, str) and not counts.isascii():
-                raise InputError(f"{where}[{i}]: field 'segmentation.counts': expected an ASCII RLE string, found {_fmt(counts)}")
-            if isinstance(counts, list) and any(c >= 2**32 for c in counts):
-                raise InputError(f"{where}[{i}]: field 'segmentation.counts': expected counts < 2**32, found {max(counts)}")
-            if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
-                raise InputError(f"{where}[{i}]: field 'segmentation.counts': counts sum to {sum(counts)}, expected height*width = {size[0] * size[1]}")
-            if hw is not None and img is not None:
-                h, w = (int(v) for v in hw[img[i]])
-                if (h, w) != (0, 0) and tuple(size) != (h, w):
-                    raise InputError(f"{where}[{i}]: field 'segmentation.size': expected the image size [{h}, {w}], found {list(size)}")
-        elif isinstance(s, list):
-            # pycocotools reads a list whose first item has 4 numbers as boxes: allow that form
-            want = 4 if s and isinstance(s[0], list) and len(s[0]) == 4 else None
-            if not s or not all(isinstance(p, list) and (len(p) == want if want else len(p) >= 6)
-                                and len(p) % 2 == 0 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    and abs(v) <= 1e6 for v in p) for p in s):
-                raise InputError(f"{where}[{i}]: field 'segmentation': expected polygons (lists of at least 3 x, y pairs, |x|, |y| <= 1e6) or an RLE object, found {_fmt(s)}")
-            if hw is not None and img is not None and tuple(hw[img[i]]) == (0, 0):
-                raise InputError(f"{where}[{i}]: field 'segmentation': polygons need the image's 'height' and 'width', which the ground truth lacks")
-        else:
-            raise InputError(f"{where}[{i}]: field 'segmentation': expected polygons or an RLE object, found {_fmt(s)}")
-    strings = [(i, s["counts"], s["size"]) for i, s in enumerate(segs)
-               if isinstance(s, dict) and isinstance(s["counts"], (str, bytes))]
-    if strings:
-        bad, why = rle_strings_check([c for _, c, _ in strings],
-                                     [int(h) * int(w) for _, _, (h, w) in strings])
-        if bad >= 0:
-            i = strings[bad][0]
-            raise InputError(f"{where}[{i}]: field 'segmentation.counts': not a valid compressed "
-                             f"RLE for size {list(segs[i]['size'])} ({why}), found {_fmt(segs[i]['counts'])}")
-
-
-def _unique_ids(items: list, where: str, kinds: tuple = (int, str)) -> list:
-    ids = _column(items, where, "id")
-    types = set(map(type, ids))
-    if types == {int}:  # the usual case, checked without a Python loop
-        ok = not ids or (-2**63 < min(ids) and max(ids) < 2**63)
-    else:
-        ok = types == {str} and str in kinds
-    for i, v in ([] if ok else enumerate(ids)):
-        if isinstance(v, bool) or not isinstance(v, kinds) or (isinstance(v, int) and abs(v) >= 2**63):
-            raise InputError(f"{where}[{i}]: field 'id': expected an integer, found {_fmt(v)}")
-    if len(set(ids)) != len(ids):
-        seen: set = set()
-        for i, v in enumerate(ids):
-            if v in seen:
-                raise InputError(f"{where}[{i}]: duplicate id {v!r}")
-            seen.add(v)
-    return ids
-
-
 # ---- ground truth ----------------------------------------------------------------------------
 def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> GroundTruth:
     """Read a COCO instances file (path or parsed dict) and check what evaluation relies on."""
@@ -267,9 +217,9 @@ def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> Groun
         if not isinstance(data.get(key), list):
             raise InputError(f"{source}: field '{key}': expected a list, found {_fmt(data.get(key))}")
     images, anns, cats = data["images"], data["annotations"], data["categories"]
-    img_ids = _unique_ids(images, f"{source}: images")
-    cat_ids = _unique_ids(cats, f"{source}: categories")
-    _unique_ids(anns, f"{source}: annotations", (int,))
+    img_ids = check_ids(images, f"{source}: images")
+    cat_ids = check_ids(cats, f"{source}: categories")
+    check_ids(anns, f"{source}: annotations", (int,))
     warnings: list[str] = []
     try:
         order = sorted(range(len(img_ids)), key=img_ids.__getitem__)
@@ -304,7 +254,7 @@ def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> Groun
         absent = [i for i, s in enumerate(segs) if s is None]
         if absent:
             raise InputError(f"{where}[{absent[0]}]: missing field 'segmentation' (needed for --iou-type segm)")
-        _check_segmentation(segs, where, hw, img)
+        check_segmentations(segs, where, hw, img)
     if missing:
         warnings.append(
             f"{source}: {len(missing)} annotation(s) have no 'area' (first: annotations[{missing[0]}]); "
@@ -326,25 +276,82 @@ def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> Groun
 
 # ---- results ---------------------------------------------------------------------------------
 def detections_to_records(dets: Mapping[Any, Any]) -> list[dict]:
-    """``{image_id: Detections}`` (class_ids = category ids) -> COCO results records.
+    """``{image_id: Detections}`` (class_ids = category ids) -> COCO results records, with the
+    COCO boundary's conversion and rounding (`detseg.data.coco.results_from_detections`), so
+    that detections score the same in memory and from the file `detseg predict` writes."""
+    return results_from_detections(dets)
 
-    Boxes go from xyxy to xywh in float64 without rounding; masks become compressed RLE.
+
+def _require_masks(segs: list, where: str, iou_type: str) -> None:
+    absent = [i for i, s in enumerate(segs) if s is None]
+    if absent:
+        raise InputError(
+            f"{where}[{absent[0]}]: missing field 'segmentation'"
+            + (" (--iou-type segm needs a mask for every detection)" if iou_type == "segm" else
+               " (records without 'bbox' need a mask)")
+        )
+
+
+def _mask_branch(segs: list, img: np.ndarray, gt: GroundTruth, boxes: list, where: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``COCO.loadRes`` for results whose first record has no box: (area, bbox).
+
+    ``area`` is the mask area of every record; ``bbox`` the record's own box where it has one
+    (pycocotools keeps it), else the mask's bounding box (``mask.toBbox``). pycocotools reads
+    only compressed RLE here; detseg converts polygons and uncompressed RLE first, as
+    evaluation does. Areas and boxes are computed in chunks pycocotools handles.
     """
-    records: list[dict] = []
-    for image_id, d in dets.items():
-        if not hasattr(d, "boxes") or not hasattr(d, "scores"):
-            raise InputError(f"results[{image_id!r}]: expected a Detections object (results given as "
-                             f"a mapping image_id -> Detections), found {type(d).__name__}")
-        xyxy = np.asarray(d.boxes, np.float64)
-        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1) if len(xyxy) else xyxy
-        rles = d.masks_as_rle() if d.masks is not None else None
-        for i in range(len(d)):
-            rec = {"image_id": image_id, "category_id": int(d.class_ids[i]),
-                   "bbox": xywh[i].tolist(), "score": float(d.scores[i])}
-            if rles is not None:
-                rec["segmentation"] = rles[i]
-            records.append(rec)
-    return records
+    area, mbox = rle_area_bbox(to_rles(segs, img, gt.image_hw))
+    own = [i for i, b in enumerate(boxes) if b is not None and not (isinstance(b, list) and b == [])]
+    if own:
+        rows = mbox.tolist()
+        for i in own:
+            rows[i] = boxes[i]
+        mbox = _numeric(rows, where, "bbox", 4)
+        _check_boxes(mbox, where)
+    return area, mbox
+
+
+def _typed_results(source: str, recs: list, gt: GroundTruth, iou_type: str) -> Results | None:
+    """`load_results` for records that msgspec parsed and type-checked (`ResultRecord`).
+
+    Returns None when something needs the general path (no records, a record without the
+    box or mask its branch needs): that path then names the culprit. Field values are
+    checked here with the same messages.
+    """
+    n = len(recs)
+    if n == 0:
+        return None
+    where = f"{source}: results"
+    img = _lookup(list(map(attrgetter("image_id"), recs)),
+                  {v: j for j, v in enumerate(gt.image_ids.tolist())}, where, "image_id", "image id")
+    cat = _lookup(list(map(attrgetter("category_id"), recs)),
+                  {v: j for j, v in enumerate(gt.cat_ids.tolist())}, where, "category_id", "category id")
+    score = np.fromiter(map(attrgetter("score"), recs), np.float64, n)
+    if not np.isfinite(score).all():
+        i = int(np.flatnonzero(~np.isfinite(score))[0])
+        raise InputError(f"{where}[{i}]: field 'score': expected a finite number, found {recs[i].score!r}")
+    box_branch = recs[0].bbox is not None
+    segs = None
+    if iou_type == "segm" or not box_branch:
+        segs = [{"size": list(s.size), "counts": s.counts} if type(s) is RleRecord else s
+                for s in map(attrgetter("segmentation"), recs)]
+        if any(s is None for s in segs):
+            return None
+        check_segmentations(segs, where, gt.image_hw, img, typed=True)
+    boxes = list(map(attrgetter("bbox"), recs))
+    if box_branch:
+        try:
+            flat = array.array("d", itertools.chain.from_iterable(boxes))
+        except TypeError:  # a record without a box
+            return None
+        del boxes
+        bbox = np.frombuffer(flat, np.float64).reshape(n, 4)
+        _check_boxes(bbox, where)
+        area = bbox[:, 2] * bbox[:, 3]
+    else:
+        area, bbox = _mask_branch(segs, img, gt, [b and list(b) for b in boxes], where)
+    return Results(source, img, cat, bbox, area, score, segs, [])
 
 
 def load_results(results: str | Path | Sequence | Mapping, gt: GroundTruth,
@@ -352,6 +359,13 @@ def load_results(results: str | Path | Sequence | Mapping, gt: GroundTruth,
     """Read COCO results (path, list of records, or ``{image_id: Detections}``) against ``gt``."""
     if iou_type not in IOU_TYPES:
         raise InputError(f"iou_type: expected one of {', '.join(IOU_TYPES)}, found {iou_type!r}")
+    if isinstance(results, (str, Path)):
+        typed = read_results_records(results)
+        if typed is not None:
+            fast = _typed_results(str(results), typed, gt, iou_type)
+            if fast is not None:
+                return fast
+            del typed
     source, recs = _source(results, "results file")
     if isinstance(recs, Mapping) and source == MEMORY:
         recs = detections_to_records(recs)
@@ -374,42 +388,12 @@ def load_results(results: str | Path | Sequence | Mapping, gt: GroundTruth,
     segs = None
     if iou_type == "segm" or not box_branch:
         segs = _column(recs, where, "segmentation", None)
-        absent = [i for i, s in enumerate(segs) if s is None]
-        if absent:
-            raise InputError(
-                f"{where}[{absent[0]}]: missing field 'segmentation'"
-                + (" (--iou-type segm needs a mask for every detection)" if iou_type == "segm" else
-                   " (records without 'bbox' need a mask)")
-            )
-        _check_segmentation(segs, where, gt.image_hw, img)
+        _require_masks(segs, where, iou_type)
+        check_segmentations(segs, where, gt.image_hw, img)
     if box_branch:
         bbox = _numeric(_column(recs, where, "bbox"), where, "bbox", 4)
         _check_boxes(bbox, where)
         area = bbox[:, 2] * bbox[:, 3]
     else:
-        from pycocotools import mask as mask_utils
-
-        rles = to_rles(segs, img, gt.image_hw)
-        area = np.asarray(mask_utils.area(rles), np.float64).reshape(-1) if rles else np.zeros(0)
-        bbox = np.asarray(mask_utils.toBbox(rles), np.float64).reshape(-1, 4) if rles else np.zeros((0, 4))
+        area, bbox = _mask_branch(segs, img, gt, [r.get("bbox") for r in recs], where)
     return Results(source, img, cat, bbox, area, score, segs, warnings)
-
-
-def to_rles(segs: Sequence, img: np.ndarray, image_hw: np.ndarray) -> list[dict]:
-    """Raw COCO segmentations -> compressed RLE, exactly as ``COCO.annToRLE`` converts them."""
-    from pycocotools import mask as mask_utils
-
-    out = []
-    for s, i in zip(segs, img.tolist(), strict=True):
-        if isinstance(s, list):
-            h, w = (int(v) for v in image_hw[i])
-            rle = mask_utils.merge(mask_utils.frPyObjects(s, h, w))
-        elif isinstance(s["counts"], list):
-            h, w = (int(v) for v in image_hw[i])
-            rle = mask_utils.frPyObjects(s, *((h, w) if (h, w) != (0, 0) else s["size"]))
-        elif isinstance(s["counts"], str):
-            rle = {"size": s["size"], "counts": s["counts"].encode("ascii")}
-        else:
-            rle = s
-        out.append(rle)
-    return out

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from detseg.errors import InputError
-from detseg.eval.match import Matching, match, stable_argsort
 from detseg.eval.loader import GroundTruth, Results, load_ground_truth, load_results
+from detseg.eval.match import Matching, match, stable_argsort
 
 STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",

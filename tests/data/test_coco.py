@@ -65,10 +65,10 @@ MALFORMED = {
     "image not an object": ({"images": [3]}, ["images[0]", "expected an object", "int"]),
     "image without id": (_edit(lambda d: d["images"][1].pop("id")),
                          ["images[1]", "missing field 'id'"]),
-    "image id as str": (_edit(lambda d: d["images"][0].update(id="1")),
-                        ["images[0]", "field 'id'", "expected int", "str"]),
+    "image ids of two types": (_edit(lambda d: d["images"][1].update(id="2")),
+                               ["images[1]", "field 'id'", "one type for all", "str '2' after int ids"]),
     "image id as bool": (_edit(lambda d: d["images"][0].update(id=True)),
-                         ["images[0]", "field 'id'", "expected int", "bool"]),
+                         ["images[0]", "field 'id'", "expected an integer or a string", "bool"]),
     "duplicate image id": (_edit(lambda d: d["images"][1].update(id=1)),
                            ["images[1]", "duplicate id 1"]),
     "image without file_name": (_edit(lambda d: d["images"][0].pop("file_name")),
@@ -83,8 +83,8 @@ MALFORMED = {
                        ["images[0]", "field 'width'", "-64"]),
     "categories not a list": (_edit(lambda d: d.update(categories={"1": "cat"})),
                               ["field 'categories'", "expected a list"]),
-    "category without name": (_edit(lambda d: d["categories"][0].pop("name")),
-                              ["categories[0]", "missing field 'name'"]),
+    "category name not str": (_edit(lambda d: d["categories"][0].update(name=3)),
+                              ["categories[0]", "field 'name'", "expected str"]),
     "duplicate category id": (_edit(lambda d: d["categories"][1].update(id=1)),
                               ["categories[1]", "duplicate id 1"]),
     "annotations not a list": (_edit(lambda d: d.update(annotations="none")),
@@ -96,7 +96,9 @@ MALFORMED = {
     "unknown category id": (_edit(lambda d: d["annotations"][0].update(category_id=2)),
                             ["annotations[0]", "field 'category_id'", "unknown category id 2"]),
     "image_id as str": (_edit(lambda d: d["annotations"][0].update(image_id="1")),
-                        ["annotations[0]", "field 'image_id'", "expected int"]),
+                        ["annotations[0]", "field 'image_id'", "unknown image id '1'"]),
+    "annotation id as str": (_edit(lambda d: d["annotations"][0].update(id="10")),
+                             ["annotations[0]", "field 'id'", "expected an integer"]),
     "bbox missing": (_edit(lambda d: d["annotations"][0].pop("bbox")),
                      ["annotations[0]", "missing field 'bbox'"]),
     "bbox of 3 numbers": (_edit(lambda d: d["annotations"][0].update(bbox=[1, 2, 3])),
@@ -139,3 +141,40 @@ def test_write_results_is_atomic_and_round_trips(tmp_path: Path) -> None:
     assert write_results(out, iter(records)) == 1
     assert json.loads(out.read_text()) == records
     assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_string_ids_and_unnamed_categories_load(tmp_path: Path) -> None:
+    data = {"images": [{"id": "a", "file_name": "a.jpg"}], "categories": [{"id": "c1"}],
+            "annotations": [{"id": 1, "image_id": "a", "category_id": "c1", "bbox": [0, 0, 2, 2]}]}
+    ds = load_dataset(_write(tmp_path, data))
+    assert [im.id for im in ds.images] == ["a"] and ds.class_names == {"c1": "c1"}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d["images"][0].update(id=True),
+    lambda d: d["images"][1].update(id="2"),
+    lambda d: d["images"][1].update(id=1),
+    lambda d: d["annotations"][0].update(id="10"),
+    lambda d: d["categories"][0].update(id=2**63),
+], ids=["bool", "mixed types", "duplicate", "str annotation id", "beyond int64"])
+def test_one_id_rule_for_predict_and_eval(tmp_path: Path, edit) -> None:
+    """`load_dataset` (predict) and `load_ground_truth` (eval) refuse the same ids, with the
+    same message."""
+    from detseg.eval.loader import load_ground_truth
+
+    path = _write(tmp_path, _edit(edit))
+    with pytest.raises(InputError) as a:
+        load_dataset(path)
+    with pytest.raises(InputError) as b:
+        load_ground_truth(path)
+    assert str(a.value).split(": ", 1)[1] == str(b.value).split(": ", 1)[1]
+
+
+def test_ids_both_accept(tmp_path: Path) -> None:
+    from detseg.eval.loader import load_ground_truth
+
+    data = _edit(lambda d: [im.update(id=str(im["id"])) for im in d["images"]]
+                 + [a.update(image_id=str(a["image_id"])) for a in d["annotations"]])
+    path = _write(tmp_path, data)
+    assert [im.id for im in load_dataset(path).images] == ["1", "2"]
+    assert load_ground_truth(path).image_ids.tolist() == ["1", "2"]

@@ -7,7 +7,7 @@ import pytest
 
 from detseg.eval import analysis, error_analysis
 from detseg.eval.metrics import evaluate
-from detseg.eval.synthetic import make_problem
+from tests.eval.synthetic import make_problem
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from detseg.eval.synthetic import make_problem
 from tests.eval.reference import jitter_gt, pycoco_eval
+from tests.eval.synthetic import make_problem
 
 
 def _run(*args, check=True):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from detseg.errors import DetsegError, InputError
 from detseg.eval.metrics import CocoEvaluation, evaluate
 from detseg.eval.report import build_report
-from detseg.eval.synthetic import make_problem
+from tests.eval.synthetic import make_problem
 
 GT, RES = make_problem(11, n_images=6, n_cats=3, dets_per_image=4)
 SGT, SRES = make_problem(12, n_images=4, n_cats=2, dets_per_image=3, segm=True)

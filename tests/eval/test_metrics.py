@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from detseg.eval.metrics import STAT_NAMES, EvalParams, evaluate
-from detseg.eval.synthetic import make_problem
 from tests.eval.reference import assert_identical, jitter_gt, pycoco_eval
+from tests.eval.synthetic import make_problem
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -117,14 +117,15 @@ def test_detections_in_memory_equal_records():
         dets[image_id] = Detections(xyxy, np.array([r["score"] for r in recs], np.float32),
                                     np.array([r["category_id"] for r in recs]))
     ev = evaluate(gt, dets)
-    # the same float32 boxes and scores written as records give the same numbers
+    # the same float32 boxes and scores written as records, with the COCO boundary's one
+    # rounding rule (boxes 3 decimals, scores 5: what `detseg predict` writes), give the same numbers
     records = []
     for image_id, d in dets.items():
         for i in range(len(d)):
-            b = d.boxes[i].astype(np.float64)
+            b = d.boxes[i].astype(np.float64).tolist()
             records.append({"image_id": image_id, "category_id": int(d.class_ids[i]),
-                            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                            "score": float(d.scores[i])})
+                            "bbox": [round(v, 3) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])],
+                            "score": round(float(d.scores[i]), 5)})
     assert_identical(ev, pycoco_eval(gt, records))
 
 

@@ -11,7 +11,7 @@ import pytest
 from detseg.eval.compare import _flatten, _weighted_ap, compare
 from detseg.eval.metrics import evaluate
 from detseg.eval.report import build_report, to_json, write_report
-from detseg.eval.synthetic import make_problem
+from tests.eval.synthetic import make_problem
 
 
 @pytest.fixture(scope="module")

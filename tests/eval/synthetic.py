@@ -22,6 +22,15 @@ def _poly(x: float, y: float, w: float, h: float, rng: np.random.Generator) -> l
     return [np.round(np.stack([xs, ys], 1).reshape(-1), 2).tolist()]
 
 
+def _blob(x: float, y: float, w: float, h: float, rng: np.random.Generator) -> list[list[float]]:
+    """A roundish 12-corner polygon filling most of the box (masks of jittered boxes overlap)."""
+    ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    r = rng.uniform(0.85, 1.0, 12)
+    xs = x + w / 2 + np.cos(ang) * r * w / 2
+    ys = y + h / 2 + np.sin(ang) * r * h / 2
+    return [np.round(np.stack([xs, ys], 1).reshape(-1), 2).tolist()]
+
+
 def make_problem(
     seed: int = 0,
     n_images: int = 40,
@@ -186,3 +195,49 @@ def make_large_problem(
                for i in range(nd)]
     cats = [{"id": c, "name": f"class_{c}"} for c in cat_ids]
     return {"images": images, "annotations": anns, "categories": cats}, results
+
+
+def make_large_segm_problem(
+    seed: int = 0,
+    n_images: int = 500,
+    n_cats: int = 80,
+    gt_per_image: float = 8.0,
+    dets_per_image: int = 100,
+    crowd_frac: float = 0.01,
+    image_size: tuple[int, int] = (480, 640),
+    with_bbox: bool = True,
+) -> tuple[dict, list[dict]]:
+    """A COCO-scale mask problem: `make_large_problem`'s boxes with polygon masks inside.
+
+    Ground truth gets polygons (crowd: uncompressed RLE, as in COCO), ``area`` the mask
+    area; results get compressed RLE (``counts`` as str) and, unless ``with_bbox`` is False,
+    their box. Defaults: 500 images, ~3.6k ground-truth masks, 50k result masks.
+    """
+    from pycocotools import mask as mask_utils
+
+    gt, res = make_large_problem(seed, n_images, n_cats, gt_per_image, dets_per_image,
+                                 crowd_frac, image_size)
+    rng = np.random.default_rng(seed + 1)
+    h_img, w_img = image_size
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        poly = _blob(x, y, max(w, 2.0), max(h, 2.0), rng)
+        rle = mask_utils.merge(mask_utils.frPyObjects(poly, h_img, w_img))
+        a["area"] = float(mask_utils.area(rle))
+        if a["iscrowd"]:
+            m = mask_utils.decode(rle).ravel(order="F")
+            change = np.flatnonzero(np.diff(m)) + 1
+            a["segmentation"] = {"size": [h_img, w_img],
+                                 "counts": np.diff(np.r_[0, change, m.size]).tolist()
+                                 if m[0] == 0 else [0] + np.diff(np.r_[0, change, m.size]).tolist()}
+        else:
+            a["segmentation"] = poly
+    for r in res:
+        x, y, w, h = r["bbox"]
+        x, y = min(max(x, 0.0), w_img - 2.0), min(max(y, 0.0), h_img - 2.0)
+        rle = mask_utils.merge(mask_utils.frPyObjects(_blob(x, y, max(w, 2.0), max(h, 2.0), rng),
+                                                      h_img, w_img))
+        r["segmentation"] = {"size": [h_img, w_img], "counts": rle["counts"].decode("ascii")}
+        if not with_bbox:
+            del r["bbox"]
+    return gt, res
