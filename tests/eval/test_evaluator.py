@@ -12,7 +12,7 @@ from detseg.detections import Detections
 from detseg.errors import InputError
 from detseg.eval import evaluate
 from detseg.eval.evaluator import CocoEvaluator
-from detseg.eval.synthetic import make_problem
+from tests.eval.synthetic import make_problem
 
 
 def _by_image(results: list[dict]) -> dict:
