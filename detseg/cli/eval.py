@@ -157,6 +157,36 @@ def compare_cmd(
         markdown.write_text(compare_markdown(result))
 
 
+@eval_app.command("robustness")
+def robustness_cmd(
+    model: str | None = typer.Argument(None, help="ONNX file or registry name (default: the embedded model)."),
+    data: Path = typer.Option(..., "--data", help="COCO instances JSON: the images to corrupt and the ground truth."),
+    corruptions: str | None = typer.Option(None, "--corruptions", help="Comma-separated names (default: all): gaussian_noise, shot_noise, motion_blur, defocus_blur, jpeg_compression, brightness, contrast, fog, pixelate."),
+    severities: str | None = typer.Option(None, "--severities", help="Comma-separated severities in 1..5 (default: 1,2,3,4,5)."),
+    out: Path = typer.Option(Path("robustness"), "--out", "-o", help="Folder for robustness.json/.md/.csv/.png, report.html and predictions/ (the resume state)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random corruptions (same seed, same pixels)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of the dataset's images."),
+    head: str | None = typer.Option(None, "--head", help="Output format of models without Ultralytics metadata (yolox, ultralytics)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """AP under image corruptions (Michaelis et al. 2019): per corruption x severity, mPC, rPC."""
+    from detseg.eval.corruptions import parse_corruptions, parse_severities
+    from detseg.eval.robustness import run_robustness, summary_line, table_rows, write_outputs
+    from detseg.eval.tables import markdown_table
+
+    parse_corruptions(corruptions)  # bad names fail before any model loads
+    parse_severities(severities)
+    result = run_robustness(model, data, out, corruptions=corruptions, severities=severities,
+                            seed=seed, head=head, device=device, images_dir=images, progress=not quiet)
+    head_row, rows = table_rows(result)
+    print(f"AP (%) under corruptions, {result['n_images']} images, seed {seed}")
+    print(markdown_table(head_row, rows))
+    print(summary_line(result))
+    files = write_outputs(result, out)
+    print(f"wrote {files['json']} (and robustness.md, .csv, .png, report.html in {out})", file=sys.stderr)
+
+
 def register(app: typer.Typer) -> None:
     """Add `detseg eval` (and `detseg eval compare`) to the top-level app."""
     app.add_typer(eval_app, name="eval")
