@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from detseg.errors import InputError
 from detseg.eval.corruptions import corrupt, parse_corruptions, parse_severities
 
 log = logging.getLogger(__name__)
