@@ -62,7 +62,9 @@ def eval_main(
     score: float = typer.Option(0.5, "--score", help="Score threshold for P/R/F1 and the confusion matrix."),
     iou_thrs: str | None = typer.Option(None, "--iou-thrs", help="Custom IoU thresholds, comma-separated (default .50:.05:.95)."),
     max_dets: str | None = typer.Option(None, "--max-dets", help="Custom maxDets, comma-separated (default 1,10,100)."),
-    images: Path | None = typer.Option(None, "--images", help="With --model: folder of the dataset's images."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of the dataset's images (to predict on with --model; for the report's error gallery)."),
+    gallery: int = typer.Option(3, "--gallery", min=1, help="With --out: examples per class and error type in the report's error gallery."),
+    no_gallery: bool = typer.Option(False, "--no-gallery", help="With --out: leave the error gallery (image thumbnails) out of report.html."),
     head: str | None = typer.Option(None, "--head", help="With --model: output format of models without Ultralytics metadata (yolox, ultralytics)."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu or cuda."),
     pred_out: Path | None = typer.Option(None, "--pred-out", help="With --model: keep the predictions here (default: a temporary file)."),
@@ -82,12 +84,14 @@ def eval_main(
         with tempfile.TemporaryDirectory(prefix="detseg-eval-") as tmp:
             pred = pred_out or Path(tmp) / "predictions.json"
             _predict(model, data, pred, head, device, images, quiet)
-            _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet)
+            _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet,
+                      gallery=None if no_gallery else gallery, images=images)
         return
     if gt is None or pred is None:
         raise InputError("expected --gt GT.json and --pred RESULTS.json (or --model M --data GT.json); "
                          "see `detseg eval --help`")
-    _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet)
+    _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet,
+              gallery=None if no_gallery else gallery, images=images)
 
 
 def _predict(model: str | None, data: Path, out: Path, head: str | None, device: str,
@@ -102,7 +106,7 @@ def _predict(model: str | None, data: Path, out: Path, head: str | None, device:
 
 def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: Path | None,
               iou: float, score: float, iou_thrs: str | None, max_dets: str | None,
-              quiet: bool) -> None:
+              quiet: bool, gallery: int | None = None, images: Path | None = None) -> None:
     import warnings
 
     from detseg.data.coco import write_json_atomic
@@ -128,7 +132,10 @@ def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: P
         write_json_atomic(json_out, to_json(report))
         print(f"wrote {json_out}", file=sys.stderr)
     if out is not None:
-        files = write_report(ev, out, iou, score, report=report)
+        files = write_report(ev, out, iou, score, report=report, gallery=gallery, images_dir=images)
+        note = (report.get("gallery") or {}).get("note")
+        if note:
+            print(f"detseg: note: {note}", file=sys.stderr)
         print(f"wrote {files['html']} (and report.md, report.json, CSV, PNG in {out})", file=sys.stderr)
 
 

@@ -225,7 +225,8 @@ class DetectionErrors:
             match of a true positive; for an error the ground truth of its best IoU that
             decided the type (same class for localisation/duplicate, other class for
             classification/both); -1 for background and other.
-        iou: (D,) float64 IoU with ``gt`` (0 where ``gt`` is -1).
+        iou: (D,) float64 the evaluation's IoU (box or mask) with ``gt`` for errors; 0 where
+            ``gt`` is -1; NaN for true positives and ignored detections (not computed).
         missed: (G,) bool over the GT arrays: non-crowd ground truths no detection found,
             even with the wrong class or a poor box (TIDE's "missed").
         tp: (D,) bool; fp: (D,) bool (neither for ignored detections).
@@ -309,7 +310,7 @@ def detection_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> 
     kind = np.full(n, -2, np.int64)
     kind[c["tp"]] = -1
     gt = np.where(c["tp"] | c["ignored"], c["gt_idx"], -1).astype(np.int64)
-    iou = np.zeros(n)
+    iou = np.full(n, np.nan)
     code, fp_pos = c["code"], c["fp_pos"]
     kind[fp_pos] = code
     use_same = np.isin(code, (1, 3))  # localisation, duplicate: the same-class ground truth
