@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -24,6 +25,7 @@ from detseg.errors import InputError
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+@lru_cache(maxsize=4096)
 def class_color(k: int) -> tuple[int, int, int]:
     """A distinct RGB colour for class index ``k`` (golden-ratio hue steps, two brightness
     levels so that classes 1 and 1 + ~1.6 hue turns apart still differ)."""
@@ -51,14 +53,18 @@ def _ink_for(fill: tuple[int, int, int]) -> tuple[int, int, int]:
 def _dashed_rect(img: np.ndarray, p1: tuple[int, int], p2: tuple[int, int],
                  color: tuple[int, int, int], thickness: int, dash: int = 6) -> None:
     (x1, y1), (x2, y2) = p1, p2
-    for xa, ya, xb, yb in ((x1, y1, x2, y1), (x2, y1, x2, y2), (x2, y2, x1, y2), (x1, y2, x1, y1)):
-        length = max(abs(xb - xa), abs(yb - ya))
-        n = max(1, length // dash)
-        for i in range(0, n, 2):
-            t0, t1 = i / n, min(1.0, (i + 1) / n)
-            a = (int(round(xa + (xb - xa) * t0)), int(round(ya + (yb - ya) * t0)))
-            b = (int(round(xa + (xb - xa) * t1)), int(round(ya + (yb - ya) * t1)))
-            cv2.line(img, a, b, color, thickness, cv2.LINE_AA)
+    corners = np.array([(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)], np.float64)
+    segs = []
+    for a, b in zip(corners[:-1], corners[1:], strict=True):
+        n = max(1, int(np.abs(b - a).max()) // dash)
+        t0 = np.arange(0, n, 2, dtype=np.float64)[:, None] / n
+        t1 = np.minimum(1.0, t0 + 1 / n)
+        seg = np.empty((t0.shape[0], 2, 2))
+        seg[:, 0] = a + (b - a) * t0
+        seg[:, 1] = a + (b - a) * t1
+        segs.append(seg)
+    cv2.polylines(img, list(np.rint(np.concatenate(segs)).astype(np.int32)), False, color, thickness,
+                  cv2.LINE_AA)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -135,7 +141,11 @@ def draw_gt_vs_pred(
     region = image[cy0:cy1, cx0:cx1]
     scale = min(2.0, max_side / max(region.shape[:2]))
     out_w, out_h = max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    step = int(1 / scale / 2) if scale < 0.5 else 1
+    if step > 1:  # subsample first: an area resize of a big region costs more than the drawing
+        region = region[::step, ::step]
+    # area averaging only where it matters (a strong reduction); it is slow at odd ratios
+    interp = cv2.INTER_AREA if out_w * 2 < region.shape[1] else cv2.INTER_LINEAR
     out = np.ascontiguousarray(cv2.resize(region, (out_w, out_h), interpolation=interp))
     names = names if names is not None else (pred.class_names or gt.class_names or {})
 
@@ -147,37 +157,43 @@ def draw_gt_vs_pred(
         return (b[:, 2] > 0) & (b[:, 0] < out_w) & (b[:, 3] > 0) & (b[:, 1] < out_h)
 
     gb, pb = to_view(gt.boxes), to_view(pred.boxes)
+    gi, pi = np.rint(gb).astype(np.int64), np.rint(pb).astype(np.int64)
     fg, fp = set(int(i) for i in focus_gt), set(int(i) for i in focus_pred)
     thin, thick = 1, 3 if max_side >= 200 else 2
     font = 0.38 if max_side < 400 else 0.45
     labels: list[_Label] = []
     # thin boxes first, focus boxes last so they stay on top
-    order_g = sorted((i for i in np.flatnonzero(visible(gb))), key=lambda i: i in fg)
-    order_p = sorted((i for i in np.flatnonzero(visible(pb))), key=lambda i: i in fp)
+    vis_g, vis_p = np.flatnonzero(visible(gb)).tolist(), np.flatnonzero(visible(pb)).tolist()
+    order_g = [i for i in vis_g if i not in fg] + [i for i in vis_g if i in fg]
+    order_p = [i for i in vis_p if i not in fp] + [i for i in vis_p if i in fp]
+    g_cls, p_cls = gt.class_ids.tolist(), pred.class_ids.tolist()
     for i in order_g:
-        k = int(gt.class_ids[i])
+        k = g_cls[i]
         col = class_color(k)
-        x1, y1, x2, y2 = (int(round(v)) for v in gb[i])
-        t = thick if i in fg else thin
-        if i in fg:  # a dark halo keeps a thick dashed line visible on any background
-            _dashed_rect(out, (x1, y1), (x2, y2), (0, 0, 0), t + 2)
-        _dashed_rect(out, (x1, y1), (x2, y2), col, t)
-        if label_all or i in fg:
+        x1, y1, x2, y2 = gi[i].tolist()
+        focus = i in fg
+        if focus:  # a dark halo keeps a thick dashed line visible on any background
+            _dashed_rect(out, (x1, y1), (x2, y2), (0, 0, 0), thick + 2)
+        _dashed_rect(out, (x1, y1), (x2, y2), col, thick if focus else thin)
+        if label_all or focus:
             labels.append(_Label(f"GT {names.get(k, k)}", tuple(gb[i]), (30, 30, 30), col,
-                                 0 if i in fg else 2))
+                                 0 if focus else 2))
+    scores = pred.scores.tolist()
     for i in order_p:
-        k = int(pred.class_ids[i])
+        k = p_cls[i]
         col = class_color(k)
-        x1, y1, x2, y2 = (int(round(v)) for v in pb[i])
-        t = thick if i in fp else thin
-        if i in fp:
-            cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), t + 2, cv2.LINE_AA)
-        cv2.rectangle(out, (x1, y1), (x2, y2), col, t, cv2.LINE_AA)
-        text = f"{names.get(k, k)} {float(pred.scores[i]):.2f}"
-        if pred_iou is not None and np.isfinite(pred_iou[i]):
-            text += f" | IoU {float(pred_iou[i]):.2f}"
-        if label_all or i in fp:
-            labels.append(_Label(text, tuple(pb[i]), col, _ink_for(col), 0 if i in fp else 3))
+        x1, y1, x2, y2 = pi[i].tolist()
+        focus = i in fp
+        if focus:
+            cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), thick + 2, cv2.LINE_AA)
+            cv2.rectangle(out, (x1, y1), (x2, y2), col, thick, cv2.LINE_AA)
+        else:
+            cv2.rectangle(out, (x1, y1), (x2, y2), col, thin, cv2.LINE_8)
+        if label_all or focus:
+            text = f"{names.get(k, k)} {scores[i]:.2f}"
+            if pred_iou is not None and np.isfinite(pred_iou[i]):
+                text += f" | IoU {float(pred_iou[i]):.2f}"
+            labels.append(_Label(text, tuple(pb[i]), col, _ink_for(col), 0 if focus else 3))
     labels.sort(key=lambda lb: lb.priority)  # stable: focus ground truth, focus prediction, rest
     sizes = []
     for lb in labels:

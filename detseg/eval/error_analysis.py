@@ -249,7 +249,14 @@ class DetectionErrors:
 
 def _classify(ev: CocoEvaluation, t_f: float, t_b: float) -> dict:
     """TIDE's error type of every false positive and the missed ground truths (shared by
-    `tide_errors` and `detection_errors`)."""
+    `tide_errors` and `detection_errors`, computed once per evaluation; read-only)."""
+    key = ("tide_classify", float(t_f), float(t_b))
+    if key not in ev.cache:
+        ev.cache[key] = _classify_uncached(ev, t_f, t_b)
+    return ev.cache[key]
+
+
+def _classify_uncached(ev: CocoEvaluation, t_f: float, t_b: float) -> dict:
     a, t = _area_all(ev), iou_index(ev, t_f)
     m = ev.matching
     det = m.det

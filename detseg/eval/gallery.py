@@ -199,11 +199,14 @@ class _ImageIndex:
         o = np.argsort(img, kind="stable")
         return np.split(o, np.searchsorted(img[o], np.arange(1, n)))
 
-    def view(self, i: int, min_score: float) -> tuple[Detections, Detections, np.ndarray, np.ndarray]:
+    def view(self, i: int, min_score: float, also: int = -1
+             ) -> tuple[Detections, Detections, np.ndarray, np.ndarray]:
+        """Ground truth and predictions (score >= min_score, plus result ``also``) of image i,
+        and their indices into the GT / results arrays."""
         ev = self.ev
         g = self.g[i]
         r = self.r[i]
-        r = r[ev.results.score[r] >= min_score]
+        r = r[(ev.results.score[r] >= min_score) | (r == also)]
         gt = Detections(_xyxy(ev.gt.bbox[g]).astype(np.float32), np.ones(g.size, np.float32),
                         ev.gt.cat[g].astype(np.int64))
         pred = Detections(_xyxy(ev.results.bbox[r]).astype(np.float32),
@@ -269,8 +272,7 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
         h, w = image.shape[:2]
         thumbs: dict[int, bytes] = {}
         for k, e in enumerate(by_img.get(i, [])):
-            min_s = min(score, e.score) if np.isfinite(e.score) else score
-            gt, pred, gi, ri = index.view(i, min_s)
+            gt, pred, gi, ri = index.view(i, score, e.det)
             focus_p = np.flatnonzero(ri == e.det).tolist() if e.det >= 0 else []
             focus_g = np.flatnonzero(gi == e.gt).tolist() if e.gt >= 0 else []
             boxes = np.concatenate([pred.boxes[focus_p], gt.boxes[focus_g]]).reshape(-1, 4)
@@ -304,13 +306,14 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
 
 
 def gallery_for(ev: CocoEvaluation, images_dir: str | Path | None = None, *, per_class: int = 3,
-                score: float = 0.5, iou: float = 0.5, **kw) -> tuple[Gallery, dict[int, str]]:
+                score: float = 0.5, iou: float = 0.5, load_image: ImageLoader | None = None,
+                **kw) -> tuple[Gallery, dict[int, str]]:
     """`build_gallery` with the images of the evaluation's ground-truth file (when it is a
-    file and its images are found), and image index -> file name. Never raises for missing
-    images: the gallery then carries a note."""
-    load, names = None, {}
+    file and its images are found, or from ``load_image``), and image index -> file name.
+    Never raises for missing images: the gallery then carries a note."""
+    load, names = load_image, {}
     where = "the ground truth is not a file"
-    if ev.gt.source and Path(ev.gt.source).is_file():
+    if load is None and ev.gt.source and Path(ev.gt.source).is_file():
         load, found, names = dataset_image_loader(ev.gt.source, ev.gt.image_ids, images_dir)
         where = (f"looked in {images_dir}, " if images_dir else "") + \
             f"in images/ beside {Path(ev.gt.source).name} and at its file_name paths; pass --images DIR"

@@ -176,12 +176,14 @@ def to_html(report: dict, pngs: dict[str, Path], sections: list[str] | tuple[str
 
 def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, score: float = 0.5,
                  report: dict | None = None, gallery: int | None = None,
-                 images_dir: str | Path | None = None) -> dict[str, Path]:
+                 images_dir: str | Path | None = None, load_image=None) -> dict[str, Path]:
     """Write report.json, report.md, per_class.csv, confusion_matrix.csv, the PNGs and
     report.html (self-contained) under ``out_dir``; returns name -> path.
 
     ``gallery``: examples per class and error type in the HTML's error gallery (None or 0:
-    no gallery); its images are looked for in ``images_dir``, then beside the ground truth.
+    no gallery); its images are looked for in ``images_dir``, then beside the ground truth,
+    unless ``load_image`` (image index -> RGB array or None, see `gallery.build_gallery`)
+    provides them.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,8 @@ def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, scor
     if gallery:
         from detseg.eval.gallery import gallery_for, gallery_html, gallery_json
 
-        g, names = gallery_for(ev, images_dir, per_class=int(gallery), score=score, iou=iou)
+        g, names = gallery_for(ev, images_dir, per_class=int(gallery), score=score, iou=iou,
+                               load_image=load_image)
         report["gallery"] = gallery_json(g)
         sections.append(gallery_html(g, list(ev.gt.cat_names), names))
     files = {"json": out / "report.json", "markdown": out / "report.md",
