@@ -19,15 +19,15 @@ motion_blur    MotionBlur, kernel 7 13 23 35 51,            reference: one-sided
 defocus_blur   Defocus, radius 3 4 6 8 10, alias .1 .5 .5   same disk kernel: outputs differ by
                .5 .5                                        rounding only
 jpeg           ImageCompression, quality 25 18 15 10 7      OpenCV's encoder, not Pillow's:
-                                                            PSNR within ~1 dB
+                                                            PSNR within 1 dB of the reference
 brightness     HueSaturationValue, V += .1 .2 .3 .4 .5      same HSV value shift (in uint8)
 contrast       RandomBrightnessContrast, factor .4 .3 .2    reference takes the mean per
                .1 .05 around the image mean                 channel, albumentations over all
 fog            RandomBrightnessContrast (x / (1 + c)) then  reference: the same two steps with
                PlasmaBrightnessContrast (plasma, c =        its own plasma fractal; brightness
                1.5 2 2.5 2.5 3, roughness = wibbledecay)    calibrated on the mean
-pixelate       Downscale (area down, nearest up), scale     reference uses Pillow's box filter
-               .6 .5 .4 .3 .25                              down: differs by rounding
+pixelate       Downscale (area down, nearest up), scale     reference: Pillow box down, nearest
+               .6 .5 .4 .3 .25                              up; mean |diff| 4-6 levels
 ============== ============================================ ==================================
 
 Severity 0 is the image itself. Randomness is seeded per image from (seed, corruption,
@@ -131,7 +131,7 @@ def _pixelate(s: int) -> list:
 
     c = _PIXELATE[s - 1]
     return [A.Downscale(scale_range=(c, c), p=1,
-                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST})]
+                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST_EXACT})]
 
 
 #: name -> builder of the albumentations transforms for a severity in 1..5
