@@ -24,8 +24,9 @@ brightness     HueSaturationValue, V += .1 .2 .3 .4 .5      same HSV value shift
 contrast       RandomBrightnessContrast, factor .4 .3 .2    reference takes the mean per
                .1 .05 around the image mean                 channel, albumentations over all
 fog            RandomBrightnessContrast (x / (1 + c)) then  reference: the same two steps with
-               PlasmaBrightnessContrast (plasma, c =        its own plasma fractal; brightness
-               1.5 2 2.5 2.5 3, roughness = wibbledecay)    calibrated on the mean
+               PlasmaBrightnessContrast (+ c/(1+c) plasma,  its own plasma fractal, made at the
+               c = 1.5 2 2.5 2.5 3, roughness .56 / wibble- next power of 2 and cropped; ours
+               decay)                                       is made at the image size
 pixelate       Downscale (area down, nearest up), scale     reference: Pillow box down, nearest
                .6 .5 .4 .3 .25                              up; mean |diff| 4-6 levels
 ============== ============================================ ==================================
@@ -47,6 +48,7 @@ import numpy as np
 from detseg.errors import InputError
 
 SEVERITIES = (1, 2, 3, 4, 5)
+_DEFINITIONS = 2  # bump when a transform changes in a way the parameters below do not show
 
 # Reference parameters (imagecorruptions 1.1.2, corruptions.py), per severity 1..5.
 _GAUSS_STD = (.08, .12, .18, .26, .38)
@@ -57,7 +59,7 @@ _JPEG_Q = (25, 18, 15, 10, 7)
 _BRIGHT = (.1, .2, .3, .4, .5)
 _CONTRAST = (.4, .3, .2, .1, .05)
 _FOG = ((1.5, 2.), (2., 2.), (2.5, 1.7), (2.5, 1.5), (3., 1.4))
-_FOG_PLASMA_GAIN = 1.35  # albumentations' plasma has a lower mean than the reference's
+_FOG_ROUGHNESS = 0.56
 _PIXELATE = (.6, .5, .4, .3, .25)
 
 
@@ -119,10 +121,23 @@ def _fog(s: int) -> list:
 
     c, decay = _FOG[s - 1]
     a = 1 / (1 + c)
-    b = min(1.0, c * a * _FOG_PLASMA_GAIN)  # albumentations caps the range at 1
+    # albumentations' diamond-square renormalises every octave: roughness 0.56 / wibbledecay
+    # gives the look of the reference's plasma (0.28 at severity 1 .. 0.4 at 5), by eye and
+    # by the mean and RMS change (tests)
     return [A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(a - 1, a - 1), p=1),
-            A.PlasmaBrightnessContrast(brightness_range=(b, b), contrast_range=(0, 0),
-                                       roughness=decay, plasma_size=256, p=1)]
+            A.PlasmaBrightnessContrast(brightness_range=(c * a, c * a), contrast_range=(0, 0),
+                                       roughness=_FOG_ROUGHNESS / decay, plasma_size=256, p=1)]
+
+
+def definitions_digest() -> str:
+    """A digest of the definitions (parameters, albumentations' version): results made with
+    other definitions (another detseg or albumentations) are not reused."""
+    import hashlib
+    from importlib.metadata import version
+
+    params = (_DEFINITIONS, _GAUSS_STD, _SHOT_C, _MOTION_KERNEL, _DEFOCUS, _JPEG_Q, _BRIGHT,
+              _CONTRAST, _FOG, _FOG_ROUGHNESS, _PIXELATE, version("albumentations"))
+    return hashlib.sha256(repr(params).encode()).hexdigest()[:16]
 
 
 def _pixelate(s: int) -> list:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from detseg.eval.corruptions import corrupt, parse_corruptions, parse_severities
+from detseg.eval.corruptions import corrupt, definitions_digest, parse_corruptions, parse_severities
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def run_robustness(
         sp = getattr(getattr(detector, "session", None), "path", None)
         model_id = _file_id(Path(sp)) if sp and Path(sp).is_file() else {"object": repr(detector)}
     run_id = {"model": model_id, "head": head, "data": _file_id(data), "seed": int(seed),
+              "corruptions": definitions_digest(),
               "images_dir": str(images_dir) if images_dir else None}
     _check_run(pred_dir, run_id)
 
@@ -165,7 +166,8 @@ def _check_run(pred_dir: Path, run_id: dict) -> None:
             return
         stale = [p for p in pred_dir.iterdir() if p.name != "run.json"
                  and (p.suffix == ".json" or p.name.endswith(".partial.jsonl"))]
-        log.warning("%s: model, data or seed changed; %d earlier prediction files dropped",
+        log.warning("%s: model, data, seed or corruption definitions changed; %d earlier "
+                    "prediction files dropped",
                     pred_dir, len(stale))
         for p in stale:
             p.unlink()
