@@ -10,7 +10,11 @@ including JSON parsing and whatever checking it does:
 - hotcoco: its COCO(gt) + loadRes(res) + COCOeval;
 - detseg: `detseg.eval.evaluate(gt_path, res_path)` (parsing, validation, metrics);
 - detseg-report (only when named in --tools): the same plus the full report of
-  `detseg eval --out DIR` (tables, P/R/F1, confusion matrix, TIDE-style errors, plots, HTML).
+  `detseg eval --out DIR` (tables, P/R/F1, confusion matrix, TIDE-style errors, plots, HTML);
+- detseg-report-gallery (only when named in --tools): the same with the HTML's error gallery
+  (3 examples per class and error type, 12 image views); the synthetic problem has no image
+  files, so images are made in memory (`synthetic_image`, textured like a photo for JPEG's
+  sake); the HTML's size is printed.
 "metrics" is the step after loading: pycocotools' COCOeval evaluate/accumulate/summarize
 from built COCO objects, detseg's `evaluate` from loaded `GroundTruth`/`Results`.
 Every tool's precision/recall/scores and stats are compared with pycocotools' element by element.
@@ -20,6 +24,7 @@ Times are medians over --repeat runs (pycocotools: --pyco-repeat).
     .venv/bin/python bench/bench_eval.py --problems segm --tools hotcoco,detseg
     .venv/bin/python bench/bench_eval.py --memory 2000000     # detseg's peak RSS on 2M records
     .venv/bin/python bench/bench_eval.py --problems bbox --tools detseg,detseg-report
+    .venv/bin/python bench/bench_eval.py --problems bbox --tools detseg,detseg-report,detseg-report-gallery
 """
 
 from __future__ import annotations
@@ -61,12 +66,50 @@ def write_problem(kind: str, folder: Path, seed: int, n_images: int, dets: int) 
     return gt_path, res_path
 
 
+def synthetic_image(index: int, h: int, w: int) -> np.ndarray:
+    """A deterministic photo-like (H, W, 3) uint8 RGB image: smooth colour fields plus grain
+    (pure noise would make JPEG thumbnails unrealistically large, flat colour too small)."""
+    import cv2
+
+    rng = np.random.default_rng(index)
+    low = rng.integers(0, 256, (max(2, h // 24), max(2, w // 24), 3), dtype=np.uint8)
+    img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    img += rng.integers(-12, 13, (h, w, 1), dtype=np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def gallery_report(ev, folder: Path) -> tuple[int, float, int]:
+    """The full report with the error gallery over in-memory images: (HTML bytes, CPU
+    seconds spent making images (what reading them from disk would cost instead), images)."""
+    import threading
+
+    from detseg.eval.report import write_report
+
+    hw = ev.gt.image_hw
+    spent = [0.0, 0]
+    lock = threading.Lock()
+
+    def load(i: int) -> np.ndarray:
+        t = time.thread_time()
+        img = synthetic_image(i, int(hw[i, 0]) or 480, int(hw[i, 1]) or 640)
+        with lock:
+            spent[0] += time.thread_time() - t
+            spent[1] += 1
+        return img
+
+    files = write_report(ev, folder, gallery=3, load_image=load)
+    return files["html"].stat().st_size, spent[0], spent[1]
+
+
+EXTRA: dict = {}  # figures a tool adds to its row (the gallery's HTML size)
+
+
 def _run_tool(tool: str, gt: str, res: str, iou_type: str):
     """(stats, arrays, seconds of the metrics step) of one tool, from the two paths."""
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if tool in ("detseg", "detseg-report"):
+        if tool in ("detseg", "detseg-report", "detseg-report-gallery"):
             from detseg.eval.loader import load_ground_truth, load_results
             from detseg.eval.metrics import evaluate
 
@@ -80,6 +123,10 @@ def _run_tool(tool: str, gt: str, res: str, iou_type: str):
 
                 with tempfile.TemporaryDirectory() as d:
                     write_report(ev, Path(d))
+            if tool == "detseg-report-gallery":
+                with tempfile.TemporaryDirectory() as d:
+                    html_bytes, image_s, n_images = gallery_report(ev, Path(d))
+                EXTRA.update(html_bytes=html_bytes, image_cpu_s=image_s, n_images=n_images)
             return ev.stats, {k: getattr(ev, k) for k in ("precision", "recall", "scores")}, inner
         if tool == "pycocotools":
             from pycocotools.coco import COCO
@@ -118,7 +165,8 @@ def worker(args: argparse.Namespace) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.savez(out / f"{tool}.npz", stats=stats, **arrays)
     (out / f"{tool}.json").write_text(json.dumps(
-        {"seconds": seconds, "cpu_seconds": cpu, "metrics_seconds": inner, "peak_rss_mb": peak}))
+        {"seconds": seconds, "cpu_seconds": cpu, "metrics_seconds": inner, "peak_rss_mb": peak,
+         **EXTRA}))
 
 
 def _spawn(tool: str, gt: Path, res: Path, iou_type: str, out: Path) -> dict:
@@ -169,6 +217,19 @@ def bench_problem(kind: str, args: argparse.Namespace, folder: Path) -> dict:
         vc = f"{hot['cpu_seconds'] / r['cpu_seconds']:.2f}x" if hot else "-"
         print(f"{tool:<17} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {r['metrics_seconds']:9.3f} "
               f"{xt:>8} {xc:>7} {xm:>9} {vh:>10} {vc:>6} {r['peak_rss_mb']:8.0f}  {r['identical']}")
+    d = rows.get("detseg")
+    if d and "detseg-report" in rows:
+        dr = rows["detseg-report"]
+        print(f"full report / evaluation, both from file paths: {dr['seconds'] / d['seconds']:.2f}x wall, "
+              f"{dr['cpu_seconds'] / d['cpu_seconds']:.2f}x CPU (target <= 5x)")
+    if d and "detseg-report-gallery" in rows:
+        dg = rows["detseg-report-gallery"]
+        print(f"full report + error gallery / evaluation, both from file paths: {dg['seconds'] / d['seconds']:.2f}x wall, "
+              f"{dg['cpu_seconds'] / d['cpu_seconds']:.2f}x CPU (target <= 5x); report.html "
+              f"{dg['html_bytes'] / 1e6:.1f} MB (target < 20 MB)")
+        rest = dg["cpu_seconds"] - dg["image_cpu_s"]
+        print(f"  of which making {dg['n_images']:.0f} images (stands for reading them): "
+              f"{dg['image_cpu_s']:.2f} s CPU; without it {rest / d['cpu_seconds']:.2f}x CPU")
     return rows
 
 

@@ -67,7 +67,9 @@ def eval_main(
     score: float = typer.Option(0.5, "--score", help="Score threshold for P/R/F1 and the confusion matrix."),
     iou_thrs: str | None = typer.Option(None, "--iou-thrs", help="Custom IoU thresholds, comma-separated (default .50:.05:.95)."),
     max_dets: str | None = typer.Option(None, "--max-dets", help="Custom maxDets, comma-separated (default 1,10,100)."),
-    images: Path | None = typer.Option(None, "--images", help="With --model: folder of the dataset's images."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of the dataset's images (to predict on with --model; for the report's error gallery)."),
+    gallery: int = typer.Option(3, "--gallery", min=1, help="With --out: examples per class and error type in the report's error gallery."),
+    no_gallery: bool = typer.Option(False, "--no-gallery", help="With --out: leave the error gallery (image thumbnails) out of report.html."),
     head: str | None = typer.Option(None, "--head", help="With --model: output format of models without Ultralytics metadata (yolox, ultralytics)."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu or cuda."),
     pred_out: Path | None = typer.Option(None, "--pred-out", help="With --model: keep the predictions here (default: a temporary file)."),
@@ -99,12 +101,14 @@ def eval_main(
         with tempfile.TemporaryDirectory(prefix="detseg-eval-") as tmp:
             pred = pred_out or Path(tmp) / "predictions.json"
             _predict(model, data, pred, head, device, images, quiet)
-            _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet)
+            _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet,
+                      gallery=None if no_gallery else gallery, images=images)
         return
     if gt is None or pred is None:
         raise InputError("expected --gt GT.json and --pred RESULTS.json (or --model M --data GT.json); "
                          "see `detseg eval --help`")
-    _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet)
+    _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet,
+              gallery=None if no_gallery else gallery, images=images)
 
 
 def _predict(model: str | None, data: Path, out: Path, head: str | None, device: str,
@@ -119,7 +123,7 @@ def _predict(model: str | None, data: Path, out: Path, head: str | None, device:
 
 def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: Path | None,
               iou: float, score: float, iou_thrs: str | None, max_dets: str | None,
-              quiet: bool) -> None:
+              quiet: bool, gallery: int | None = None, images: Path | None = None) -> None:
     import warnings
 
     from detseg.data.coco import write_json_atomic
@@ -145,7 +149,10 @@ def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: P
         write_json_atomic(json_out, to_json(report))
         print(f"wrote {json_out}", file=sys.stderr)
     if out is not None:
-        files = write_report(ev, out, iou, score, report=report)
+        files = write_report(ev, out, iou, score, report=report, gallery=gallery, images_dir=images)
+        note = (report.get("gallery") or {}).get("note")
+        if note:
+            print(f"detseg: note: {note}", file=sys.stderr)
         print(f"wrote {files['html']} (and report.md, report.json, CSV, PNG in {out})", file=sys.stderr)
 
 
@@ -189,6 +196,36 @@ def compare_cmd(
         write_json_atomic(json_out, result)
     if markdown is not None:
         markdown.write_text(compare_markdown(result))
+
+
+@eval_app.command("robustness")
+def robustness_cmd(
+    model: str | None = typer.Argument(None, help="ONNX file or registry name (default: the embedded model)."),
+    data: Path = typer.Option(..., "--data", help="COCO instances JSON: the images to corrupt and the ground truth."),
+    corruptions: str | None = typer.Option(None, "--corruptions", help="Comma-separated names (default: all): gaussian_noise, shot_noise, motion_blur, defocus_blur, jpeg_compression, brightness, contrast, fog, pixelate."),
+    severities: str | None = typer.Option(None, "--severities", help="Comma-separated severities in 1..5 (default: 1,2,3,4,5)."),
+    out: Path = typer.Option(Path("robustness"), "--out", "-o", help="Folder for robustness.json/.md/.csv/.png, report.html and predictions/ (the resume state)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random corruptions (same seed, same pixels)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of the dataset's images."),
+    head: str | None = typer.Option(None, "--head", help="Output format of models without Ultralytics metadata (yolox, ultralytics)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """AP under image corruptions (Michaelis et al. 2019): per corruption x severity, mPC, rPC."""
+    from detseg.eval.corruptions import parse_corruptions, parse_severities
+    from detseg.eval.robustness import run_robustness, summary_line, table_rows, write_outputs
+    from detseg.eval.tables import markdown_table
+
+    parse_corruptions(corruptions)  # bad names fail before any model loads
+    parse_severities(severities)
+    result = run_robustness(model, data, out, corruptions=corruptions, severities=severities,
+                            seed=seed, head=head, device=device, images_dir=images, progress=not quiet)
+    head_row, rows = table_rows(result)
+    print(f"AP (%) under corruptions, {result['n_images']} images, seed {seed}")
+    print(markdown_table(head_row, rows))
+    print(summary_line(result))
+    files = write_outputs(result, out)
+    print(f"wrote {files['json']} (and robustness.md, .csv, .png, report.html in {out})", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

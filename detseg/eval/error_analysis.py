@@ -20,6 +20,8 @@ matching; it is not the ``tidecv`` package and its numbers can differ slightly f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from detseg.eval.analysis import _area_all, cat_score_order, iou_index
@@ -204,8 +206,57 @@ def _ap101(cat: np.ndarray, score: np.ndarray, tp: np.ndarray, fp: np.ndarray,
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
-    """TIDE-style error counts and dAP (AP at ``t_f`` gained by fixing each type)."""
+#: TIDE's false-positive types in the order their tests are tried (codes 0..4; 5 = "other")
+FP_TYPES = ("background", "localisation", "classification", "duplicate", "both")
+
+
+@dataclass
+class DetectionErrors:
+    """The TIDE-style verdict on every evaluated detection and ground truth.
+
+    Detections are those of ``ev.matching.det`` (top maxDets per image and class), at the
+    foreground IoU ``t_f`` and area "all".
+
+    Attributes:
+        det: (D,) indices into the results arrays.
+        kind: (D,) int64: -1 true positive, -2 ignored (matched a crowd or an ignored ground
+            truth), else the error type's index in `FP_TYPES` (5 = "other").
+        gt: (D,) int64 ground truth index (into the GT arrays) the verdict refers to: the
+            match of a true positive; for an error the ground truth of its best IoU that
+            decided the type (same class for localisation/duplicate, other class for
+            classification/both); -1 for background and other.
+        iou: (D,) float64 the evaluation's IoU (box or mask) with ``gt`` for errors; 0 where
+            ``gt`` is -1; NaN for true positives and ignored detections (not computed).
+        missed: (G,) bool over the GT arrays: non-crowd ground truths no detection found,
+            even with the wrong class or a poor box (TIDE's "missed").
+        tp: (D,) bool; fp: (D,) bool (neither for ignored detections).
+    """
+
+    t_f: float
+    t_b: float
+    det: np.ndarray
+    kind: np.ndarray
+    gt: np.ndarray
+    iou: np.ndarray
+    missed: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+
+    def type_name(self, code: int) -> str:
+        """"tp", "ignored", an `FP_TYPES` name or "other"."""
+        return {-1: "tp", -2: "ignored"}.get(int(code)) or (*FP_TYPES, "other")[int(code)]
+
+
+def _classify(ev: CocoEvaluation, t_f: float, t_b: float) -> dict:
+    """TIDE's error type of every false positive and the missed ground truths (shared by
+    `tide_errors` and `detection_errors`, computed once per evaluation; read-only)."""
+    key = ("tide_classify", float(t_f), float(t_b))
+    if key not in ev.cache:
+        ev.cache[key] = _classify_uncached(ev, t_f, t_b)
+    return ev.cache[key]
+
+
+def _classify_uncached(ev: CocoEvaluation, t_f: float, t_b: float) -> dict:
     a, t = _area_all(ev), iou_index(ev, t_f)
     m = ev.matching
     det = m.det
@@ -220,9 +271,6 @@ def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
     gt_used = np.zeros(len(ev.gt), bool)
     gt_used[gt_idx[tp]] = True
     npig = np.bincount(ev.gt.cat[m.gt][~m.gt_ignore[a]], minlength=len(ev.gt.cat_ids))
-    by_score = np.argsort(-d_score, kind="stable")
-    order = cat_score_order(d_cat, by_score)
-    base = _ap101(d_cat, d_score, tp, fp, npig, ev.params.rec_thrs, order)
 
     # best same-class and other-class IoU of every false positive (non-crowd ground truth)
     fp_pos = np.flatnonzero(fp)
@@ -243,7 +291,7 @@ def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
     iou_o, gt_o = best(~same)
     iou_any = np.maximum(iou_s, iou_o)
     # error type codes, assigned in TIDE's order: the first test that holds wins
-    names = ("background", "localisation", "classification", "duplicate", "both")
+    names = FP_TYPES
     tests = (iou_any < t_b, (iou_s >= t_b) & (iou_s < t_f), iou_o >= t_f, iou_s >= t_f,
              (iou_o >= t_b) & (iou_o < t_f))
     code = np.full(n_fp, len(names), np.int64)  # len(names) = "other"
@@ -256,6 +304,39 @@ def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
     covered[gt_s[kind["localisation"]]] = True
     covered[gt_o[kind["classification"]]] = True
     missed = ~covered & ~ev.gt.crowd
+    return {"det": det, "d_cat": d_cat, "d_score": d_score, "tp": tp, "fp": fp, "ignored": ignored,
+            "gt_idx": gt_idx, "gt_used": gt_used, "npig": npig, "fp_pos": fp_pos, "code": code,
+            "kind": kind, "iou_s": iou_s, "gt_s": gt_s, "iou_o": iou_o, "gt_o": gt_o,
+            "missed": missed}
+
+
+def detection_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> DetectionErrors:
+    """Per-detection TIDE verdicts (the ones `tide_errors` counts), for galleries and browsers."""
+    c = _classify(ev, t_f, t_b)
+    n = c["det"].shape[0]
+    kind = np.full(n, -2, np.int64)
+    kind[c["tp"]] = -1
+    gt = np.where(c["tp"] | c["ignored"], c["gt_idx"], -1).astype(np.int64)
+    iou = np.full(n, np.nan)
+    code, fp_pos = c["code"], c["fp_pos"]
+    kind[fp_pos] = code
+    use_same = np.isin(code, (1, 3))  # localisation, duplicate: the same-class ground truth
+    use_other = np.isin(code, (2, 4))  # classification, both
+    gt[fp_pos] = np.where(use_same, c["gt_s"], np.where(use_other, c["gt_o"], -1))
+    iou[fp_pos] = np.where(use_same, c["iou_s"], np.where(use_other, c["iou_o"], 0.0))
+    return DetectionErrors(t_f, t_b, c["det"], kind, gt, iou, c["missed"], c["tp"], c["fp"])
+
+
+def tide_errors(ev: CocoEvaluation, t_f: float = 0.5, t_b: float = 0.1) -> dict:
+    """TIDE-style error counts and dAP (AP at ``t_f`` gained by fixing each type)."""
+    c = _classify(ev, t_f, t_b)
+    d_cat, d_score, tp, fp, npig = c["d_cat"], c["d_score"], c["tp"], c["fp"], c["npig"]
+    fp_pos, kind, code, missed = c["fp_pos"], c["kind"], c["code"], c["missed"]
+    gt_s, gt_o, gt_used = c["gt_s"], c["gt_o"], c["gt_used"]
+    names = FP_TYPES
+    by_score = np.argsort(-d_score, kind="stable")
+    order = cat_score_order(d_cat, by_score)
+    base = _ap101(d_cat, d_score, tp, fp, npig, ev.params.rec_thrs, order)
     counts = {e: int(kind[e].sum()) for e in ERROR_TYPES[:-1]}
     counts["other"] = int((code == len(names)).sum())
     counts["missed"] = int(missed.sum())

@@ -116,6 +116,10 @@ def to_markdown(report: dict, images: dict[str, str] | None = None) -> str:
                                       for k, v in t["dAP"].items()]), ""]
     for title, path in (images or {}).items():
         md += [f"## {title}", "", f"![{title}]({path})", ""]
+    if "gallery" in report:
+        g = report["gallery"]
+        md += [f"Error gallery: {g['n_examples']} examples and {g['n_views']} image views in report.html"
+               + (f" ({g['note']})" if g["note"] else ""), ""]
     for w in report.get("warnings", []):
         md.append(f"> warning: {w}")
     return "\n".join(md) + "\n"
@@ -133,11 +137,18 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 
-def to_html(report: dict, pngs: dict[str, Path]) -> str:
-    """One self-contained HTML page: tables and the PNGs embedded as data URIs."""
+def to_html(report: dict, pngs: dict[str, Path], sections: list[str] | tuple[str, ...] = ()) -> str:
+    """One self-contained HTML page: tables and the PNGs embedded as data URIs; ``sections``
+    are extra HTML fragments (the error gallery) placed after the plots."""
+    css = _CSS
+    if sections:
+        from detseg.eval.gallery import GALLERY_CSS
+
+        css += GALLERY_CSS
+
     o = report["overall"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>detseg eval</title>"
-             f"<style>{_CSS}</style></head><body>",
+             f"<style>{css}</style></head><body>",
              f"<h1>detseg eval ({html.escape(report['iou_type'])})</h1>",
              f"<p>ground truth <code>{html.escape(report['ground_truth'])}</code> "
              f"({report['n_images']} images); results <code>{html.escape(report['results'])}</code> "
@@ -156,6 +167,7 @@ def to_html(report: dict, pngs: dict[str, Path]) -> str:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
                      f"src='data:image/png;base64,{data}'>")
+    parts.extend(sections)
     for w in report.get("warnings", []):
         parts.append(f"<p><b>warning:</b> {html.escape(w)}</p>")
     parts.append("</body></html>")
@@ -163,9 +175,16 @@ def to_html(report: dict, pngs: dict[str, Path]) -> str:
 
 
 def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, score: float = 0.5,
-                 report: dict | None = None) -> dict[str, Path]:
+                 report: dict | None = None, gallery: int | None = None,
+                 images_dir: str | Path | None = None, load_image=None) -> dict[str, Path]:
     """Write report.json, report.md, per_class.csv, confusion_matrix.csv, the PNGs and
-    report.html (self-contained) under ``out_dir``; returns name -> path."""
+    report.html (self-contained) under ``out_dir``; returns name -> path.
+
+    ``gallery``: examples per class and error type in the HTML's error gallery (None or 0:
+    no gallery); its images are looked for in ``images_dir``, then beside the ground truth,
+    unless ``load_image`` (image index -> RGB array or None, see `gallery.build_gallery`)
+    provides them.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = report or build_report(ev, iou, score)
@@ -177,12 +196,20 @@ def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, scor
                                                    out / "confusion_matrix.png", c["iou"], c["score"])
         pngs["TIDE-style errors"] = plots.tide_bars(report["tide"], out / "tide_errors.png")
         (out / "confusion_matrix.csv").write_text(tables.confusion_csv(report))
+    sections = []
+    if gallery:
+        from detseg.eval.gallery import gallery_for, gallery_html, gallery_json
+
+        g, names = gallery_for(ev, images_dir, per_class=int(gallery), score=score, iou=iou,
+                               load_image=load_image)
+        report["gallery"] = gallery_json(g)
+        sections.append(gallery_html(g, list(ev.gt.cat_names), names))
     files = {"json": out / "report.json", "markdown": out / "report.md",
              "per_class_csv": out / "per_class.csv", "html": out / "report.html"}
     write_json_atomic(files["json"], to_json(report))
     files["markdown"].write_text(to_markdown(report, {t: p.name for t, p in pngs.items()}))
     files["per_class_csv"].write_text(tables.per_class_csv(report))
-    files["html"].write_text(to_html(report, pngs))
+    files["html"].write_text(to_html(report, pngs, sections))
     if "confusion" in report:
         files["confusion_csv"] = out / "confusion_matrix.csv"
     files.update({p.stem: p for p in pngs.values()})
