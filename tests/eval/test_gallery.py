@@ -19,7 +19,7 @@ from detseg.eval.gallery import build_gallery, image_costs, select_examples
 from detseg.eval.match import box_iou_pairs
 from detseg.eval.metrics import evaluate
 from detseg.eval.report import write_report
-from detseg.eval.synthetic import make_problem
+from tests.eval.synthetic import make_problem
 
 
 @pytest.fixture(scope="module")
