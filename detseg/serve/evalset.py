@@ -194,7 +194,8 @@ def _dashed_rect(img: np.ndarray, p1, p2, color, thick: int, dash: int) -> None:
 def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
               max_side: int = 960, found: bool = True) -> np.ndarray:
     """Draw ``view`` on (a downscaled copy of) ``image``: ground truth and predictions in the
-    styles of `LEGEND`, a label per object placed where it hides no earlier label."""
+    styles of `LEGEND`. Labels (class, score, IoU, error type; highest scores first, then the
+    missed ground truths) go where they hide no earlier label, or are left out."""
     import cv2
 
     h, w = image.shape[:2]
@@ -203,25 +204,32 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     th = max(1, round(max(out.shape[:2]) / 400))
     font, fs = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, max(out.shape[:2]) / 1600)
     placed: list[tuple[int, int, int, int]] = []
+    labels: list[tuple[str, tuple[int, int, int, int], tuple[int, int, int]]] = []
 
-    def label(text: str, x: int, y1: int, y2: int, color) -> None:
+    def label(text: str, box: tuple[int, int, int, int], color) -> None:
+        """Put ``text`` at a corner of ``box`` where it hides no earlier label, else skip it
+        (every object is listed in the table beside the picture)."""
+        x1, y1, x2, y2 = box
         (tw, tht), base = cv2.getTextSize(text, font, fs, 1)
-        hh = tht + base + 2
-        for ty in (y1 - hh, y1, y2, y2 - hh, y1 + hh, y1 - 2 * hh):  # above, inside, below, ...
-            r = (x, ty, x + tw + 4, ty + hh)
-            if ty >= 0 and ty + hh <= out.shape[0] and not any(
-                    r[0] < q[2] and q[0] < r[2] and r[1] < q[3] and q[1] < r[3] for q in placed):
-                break
-        else:
-            r = (x, max(0, y1 - hh), x + tw + 4, max(0, y1 - hh) + hh)
-        placed.append(r)
-        cv2.rectangle(out, r[:2], r[2:], color, -1)
-        cv2.putText(out, text, (r[0] + 2, r[3] - base - 1), font, fs, (255, 255, 255), 1, cv2.LINE_AA)
+        hh, ww = tht + base + 2, tw + 4
+        xs = [min(max(0, x), out.shape[1] - ww) for x in (x1, x2 - ww)]
+        for ty in (y1 - hh, y1, y2, y2 - hh):  # above, inside top, below, inside bottom
+            for tx in xs:
+                r = (tx, ty, tx + ww, ty + hh)
+                if ty >= 0 and ty + hh <= out.shape[0] and not any(
+                        r[0] < q[2] and q[0] < r[2] and r[1] < q[3] and q[1] < r[3] for q in placed):
+                    placed.append(r)
+                    cv2.rectangle(out, r[:2], r[2:], color, -1)
+                    cv2.putText(out, text, (r[0] + 2, r[3] - base - 1), font, fs, (255, 255, 255), 1,
+                                cv2.LINE_AA)
+                    return
 
-    gt_items = [(b, c, st, m) for b, c, st, m in zip(view.gt_box, view.gt_cat, view.gt_state,
-                                                    view.gt_missed, strict=True)]
-    for b, _, st, _ in gt_items:
-        x1, y1, x2, y2 = (round(v * s) for v in b)
+    def px(b: np.ndarray) -> tuple[int, int, int, int]:
+        return tuple(round(float(v) * s) for v in b)
+
+    # every box first, then the labels on top (highest scores first, missed ground truth last)
+    for b, st in zip(view.gt_box, view.gt_state, strict=True):
+        x1, y1, x2, y2 = px(b)
         if st == browse.FN:
             _dashed_rect(out, (x1, y1), (x2, y2), FN_RGB, th + 1, max(4, 4 * th))
         else:
@@ -229,14 +237,17 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     for b, c, st, e, sc, i in zip(view.det_box, view.det_cat, view.det_state, view.det_error,
                                   view.det_score, view.det_iou, strict=True):
         color = (TP_RGB, FP_RGB, IGNORED_RGB)[int(st)]
-        x1, y1, x2, y2 = (round(v * s) for v in b)
+        x1, y1, x2, y2 = px(b)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, th)
         tag = f" {SHORT_ERROR[browse.FP_TYPES[int(e)]]}" if e >= 0 else ""
-        label(f"{cat_names[int(c)]} {sc:.2f} IoU {i:.2f}{tag}", x1, y1, y2, color)
-    for b, c, st, m in gt_items:  # ground-truth labels last: only where they fit
+        iou = f" IoU {i:.2f}" if i > 0 else ""
+        labels.append((f"{cat_names[int(c)]} {sc:.2f}{iou}{tag}", (x1, y1, x2, y2), color))
+    for b, c, st, m in zip(view.gt_box, view.gt_cat, view.gt_state, view.gt_missed, strict=True):
         if st == browse.FN:
-            x1, y1, x2, y2 = (round(v * s) for v in b)
-            label(f"GT {cat_names[int(c)]} {'missed' if m else 'FN'}", x1, y2, y2, FN_RGB)
+            x1, _, x2, y2 = px(b)
+            labels.append((f"GT {cat_names[int(c)]} {'missed' if m else 'FN'}", (x1, y2, x2, y2), FN_RGB))
+    for text, box, color in labels:
+        label(text, box, color)
     if not found:
         cv2.putText(out, "image file not found", (10, out.shape[0] - 12), font, 2 * fs,
                     (255, 255, 255), 2, cv2.LINE_AA)
