@@ -267,7 +267,7 @@ def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions(), evals
                     headers=h.TABLE_HEADERS, interactive=False, label="Detections", elem_id="det-table"
                 )
                 det_file = gr.File(label="COCO results JSON", elem_id="det-file")
-            eval_tab.build_tab(demo, evalset, options.concurrency_limit)
+            eval_tab.build_tab(demo, evalset, options.concurrency_limit, options.session_ttl_s)
 
         sam_out = [state, canvas, candidates, summary]
         det_in = [state, model, conf, iou, max_det]

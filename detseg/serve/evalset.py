@@ -9,6 +9,7 @@ this module only loads, looks up and draws.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from detseg.eval.analysis import per_class_table, prf_at
 from detseg.eval.error_analysis import tide_errors
 
 log = logging.getLogger(__name__)
+_LOCK = threading.Lock()
 
 GT_RGB = (0, 200, 0)          # ground truth found by a prediction
 FN_RGB = (255, 140, 0)        # ground truth no prediction found (drawn dashed)
@@ -113,13 +115,36 @@ def load_evalset(gt_path: str | Path, pred_paths: list[str | Path], iou_type: st
 
 
 # ---- tables ----------------------------------------------------------------------------------
+def _memo(es: EvalSet, key: tuple, make, keep: int = 32):
+    """``make()`` cached on ``es`` (the last ``keep`` keys of each kind): the tables, the PR
+    figures and P/R at a score are asked for again and again as users move the filters."""
+    with _LOCK:
+        store = es.cache.setdefault(key[0], {})
+        if key in store:
+            return store[key]
+    value = make()  # outside the lock: two sessions may compute the same value, never wait
+    with _LOCK:
+        if len(store) >= keep:
+            store.pop(next(iter(store)))
+        store[key] = value
+    return value
+
+
+def _prf(es: EvalSet, run: int, score: float) -> dict:
+    return _memo(es, ("prf", run, float(score)), lambda: prf_at(es.runs[run].ev, es.iou, score))
+
+
+def _per_class(es: EvalSet, run: int) -> list[dict]:
+    return _memo(es, ("per_class", run), lambda: per_class_table(es.runs[run].ev))
+
+
 def summary_markdown(es: EvalSet, score: float) -> str:
     """COCO summary, TP/FP/FN at ``score`` and TIDE counts, one column per run."""
     head = "| | " + " | ".join(r.name for r in es.runs) + " |"
     lines = [head, "|---" * (len(es.runs) + 1) + "|"]
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         lines.append(f"| {key} | " + " | ".join(_num(r.ev.stats_dict[key]) for r in es.runs) + " |")
-    prf = [prf_at(r.ev, es.iou, score)["overall"] for r in es.runs]
+    prf = [_prf(es, k, score)["overall"] for k in range(len(es.runs))]
     for key in ("precision", "recall", "tp", "fp", "fn"):
         label = f"{key.upper() if len(key) == 2 else key} @ score ≥ {score:.2f}, IoU {es.iou:.2f}"
         lines.append(f"| {label} | " + " | ".join(_num(p[key]) for p in prf) + " |")
@@ -138,20 +163,20 @@ def summary_markdown(es: EvalSet, score: float) -> str:
 
 
 def class_table(es: EvalSet, score: float) -> tuple[list[str], list[list]]:
-    """Per-class table: AP, AP50, #GT, then P/R/TP/FP/FN at ``score`` for each run."""
+    """Per-class table, most ground truth first: #GT, then AP, AP50 and P/R/TP/FP/FN at
+    ``score`` for each run."""
     head = ["class", "n_gt"]
     cols = []
-    for r in es.runs:
+    for k, r in enumerate(es.runs):
         suffix = f" {r.name}" if len(es.runs) > 1 else ""
         head += [f"{k}{suffix}" for k in ("AP", "AP50", "P", "R", "TP", "FP", "FN")]
-        pc = per_class_table(r.ev)
-        pr = prf_at(r.ev, es.iou, score)["per_class"]
+        pc = _per_class(es, k)
+        pr = _prf(es, k, score)["per_class"]
         cols.append([[_round(a["AP"]), _round(a["AP50"]), _round(b["precision"]),
                       _round(b["recall"]), b["tp"], b["fp"], b["fn"]] for a, b in zip(pc, pr, strict=True)])
-    n_gt = per_class_table(es.runs[0].ev)
-    rows = [[name, n_gt[k]["n_gt"], *[v for c in cols for v in c[k]]]
-            for k, name in enumerate(es.cat_names)]
-    return head, rows
+    n_gt = [row["n_gt"] for row in _per_class(es, 0)]
+    rows = [[name, n_gt[k], *[v for c in cols for v in c[k]]] for k, name in enumerate(es.cat_names)]
+    return head, sorted(rows, key=lambda r: -r[1])  # stable: class order among equals
 
 
 def _round(x: float) -> float | None:
@@ -257,10 +282,18 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
 def pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
     """The PR curve of category index ``cat`` (or the class mean), each run a colour; solid:
     mean over IoU .50:.95 (its mean is AP), dashed: IoU 0.50. (H, W, 3) uint8 RGB."""
-    from detseg.eval.plots import _plt
+    return _memo(es, ("pr", cat), lambda: _pr_figure(es, cat))
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=90)
+
+def _pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
+    # matplotlib's object API, not pyplot: pyplot's global state is not safe across the
+    # server's threads
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 3.8), dpi=90)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
     for r, color in zip(es.runs, ("tab:blue", "tab:red"), strict=False):
         rec, p = browse.class_pr(r.ev, cat)
@@ -275,7 +308,5 @@ def pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(loc="lower left", fontsize=8)
-    fig.canvas.draw()
-    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return img
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

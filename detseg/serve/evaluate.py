@@ -4,7 +4,8 @@ The evaluation runs once (at start-up for ``--gt/--pred``, or when files are upl
 page); filtering and browsing then only look up `detseg.eval.browse` arrays and draw one image.
 Named endpoints, for gradio_client as for the page::
 
-    c.predict(handle_file("gt.json"), handle_file("a.json"), None, "bbox", api_name="/eval_load")
+    c.predict(handle_file("gt.json"), handle_file("a.json"), None, "bbox", "any", 0.3,
+              api_name="/eval_load")  # None: no results file B
     c.predict("all classes", "FP", 0.3, api_name="/eval_filter")
     c.predict(api_name="/eval_next"); c.predict(api_name="/eval_prev")
     c.predict(139, api_name="/eval_show")     # by COCO image id
@@ -119,10 +120,13 @@ def _image_rows(es: EvalSet, order: np.ndarray, counts: list[np.ndarray]) -> tup
     return head, rows
 
 
-def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_limit: int = 2) -> None:
+def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_limit: int = 2,
+              session_ttl_s: int = 3600) -> None:
     """Add the Evaluate tab (inside ``demo``'s open ``gr.Tabs``) with its handlers and endpoints.
 
-    ``preloaded``: the evaluation given on the command line, shown to every new page.
+    ``preloaded``: the evaluation given on the command line, shown to every new page. The
+    tab's events queue under their own concurrency id ("evaluate"): browsing never waits
+    behind a model call.
     """
     store = Store(preloaded)
 
@@ -134,14 +138,12 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
                     "No image matches these filters.")
         j = int(b.order[b.pos])
         image, found = es_mod.read_image_or_blank(es, j)
-        pics, details = [], []
-        for r in es.runs:
-            v = browse.image_view(r.ev, r.outcomes, j, b.score, b.cat)
-            pics.append(es_mod.draw_view(image, v, es.cat_names, found=found))
-            details += [{"run": r.name, **row} for row in v.rows(es.cat_names)]
-        counts = " · ".join(
-            "{}: TP {} FP {} FN {}".format(r.name, *browse.image_view(r.ev, r.outcomes, j, b.score, b.cat).counts)
-            for r in es.runs)
+        views = [browse.image_view(r.ev, r.outcomes, j, b.score, b.cat) for r in es.runs]
+        pics = [es_mod.draw_view(image, v, es.cat_names, found=found) for v in views]
+        details = [{"run": r.name, **row} for r, v in zip(es.runs, views, strict=True)
+                   for row in v.rows(es.cat_names)]
+        counts = " · ".join("{}: TP {} FP {} FN {}".format(r.name, *v.counts)
+                            for r, v in zip(es.runs, views, strict=True))
         p = es.image_paths[j]
         where = p.name if p is not None else "**image not found on disk**"
         pos = (f"Image {b.pos + 1} of {b.order.size} · id {int(es.gt.image_ids[j])} · {where} · "
@@ -168,13 +170,17 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
 
     # ---- handlers -------------------------------------------------------------------
     @_errors_to_page
-    def on_load(b: Browse, gt_file: str | None, a_file: str | None, b_file: str | None, iou_type: str):
-        """Evaluate the uploaded results file(s) against the uploaded ground truth."""
+    def on_load(b: Browse, gt_file: str | None, a_file: str | None, b_file: str | None,
+                iou_type: str, error: str = "any", score: float = 0.3):
+        """Evaluate the uploaded results file(s) against the uploaded ground truth; the error
+        type and score filters apply at once (the class filter starts at all classes)."""
         if not gt_file or not a_file:
             raise InputError("upload a ground-truth JSON and at least results file A")
+        if error not in ERRORS:
+            raise InputError(f"error type: expected one of {', '.join(ERRORS)}, found {error!r}")
         preds = [a_file] + ([b_file] if b_file else [])
         es = es_mod.load_evalset(gt_file, preds, iou_type or "bbox")
-        b = Browse(key=store.add(es), score=b.score)
+        b = Browse(key=store.add(es), error=error, score=float(score))
         return all_outputs(b, with_classes=True)
 
     @_errors_to_page
@@ -223,7 +229,8 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
     cat_names = preloaded.cat_names if preloaded is not None else []
     two = preloaded is not None and len(preloaded.runs) > 1
     with gr.Tab("Evaluate", id=TAB_ID):
-        state = gr.State(Browse(key="cli") if preloaded is not None else Browse())
+        state = gr.State(Browse(key="cli") if preloaded is not None else Browse(),
+                         time_to_live=session_ttl_s)
         with gr.Accordion("Evaluate results files", open=preloaded is None):
             with gr.Row():
                 gt_in = gr.File(label="Ground truth (COCO instances JSON)", file_types=[".json"],
@@ -235,8 +242,14 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
             with gr.Row():
                 iou_type = gr.Radio(["bbox", "segm"], value="bbox", label="IoU type")
                 load_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-load")
-        summary = gr.Markdown("Upload files above, or start with "
-                              "`detseg serve --gt GT.json --pred results.json`.", elem_id="eval-summary")
+        with gr.Row():
+            with gr.Column(scale=3):
+                summary = gr.Markdown("Upload files above, or start with "
+                                      "`detseg serve --gt GT.json --pred results.json`.",
+                                      elem_id="eval-summary")
+            with gr.Column(scale=2):
+                pr = gr.Image(label="PR curve of the selected class", interactive=False,
+                              elem_id="eval-pr", type="numpy")
         with gr.Row():
             cls = gr.Dropdown([ALL, *cat_names], value=ALL, label="Class", elem_id="eval-class")
             error = gr.Dropdown(ERRORS, value="any", label="Error type", elem_id="eval-error")
@@ -256,16 +269,12 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
         gr.Markdown(es_mod.LEGEND)
         details = gr.Dataframe(headers=["run", "kind", "class", "state", "error", "score", "iou",
                                         "box xyxy"], interactive=False, label="Objects in this image",
-                               elem_id="eval-objects")
-        with gr.Row():
-            with gr.Column(scale=1):
-                pr = gr.Image(label="PR curve of the selected class", interactive=False,
-                              elem_id="eval-pr", type="numpy")
-            with gr.Column(scale=2):
-                list_note = gr.Markdown("", elem_id="eval-list-note")
-                images = gr.Dataframe(interactive=False, label="Images (click a row to show it)",
-                                      elem_id="eval-images", max_height=320)
-        class_table = gr.Dataframe(interactive=False, label="Per class", elem_id="eval-classes")
+                               elem_id="eval-objects", max_height=320)
+        list_note = gr.Markdown("", elem_id="eval-list-note")
+        images = gr.Dataframe(interactive=False, label="Images (click a row to show it)",
+                              elem_id="eval-images", max_height=320)
+        class_table = gr.Dataframe(interactive=False, label="Per class (most ground truth first)",
+                                   elem_id="eval-classes", max_height=480)
 
     view_out = [state, view_a, view_b, details, position]
     all_out = [state, summary, class_table, pr, images, list_note, cls, view_a, view_b, details, position]
@@ -274,7 +283,7 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
         return event(fn, inputs, outputs, api_name=name, concurrency_limit=concurrency_limit,
                      concurrency_id="evaluate", api_visibility="public" if name else "private", **kw)
 
-    api(load_btn.click, on_load, [state, gt_in, a_in, b_in, iou_type], all_out, "eval_load")
+    api(load_btn.click, on_load, [state, gt_in, a_in, b_in, iou_type, error, score], all_out, "eval_load")
     filt = [state, cls, error, score]
     api(cls.input, on_filter, filt, all_out, "eval_filter")
     api(error.input, on_filter, filt, all_out, None)

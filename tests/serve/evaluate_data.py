@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from tests.serve.conftest import free_port
 
 
 def yolox_results(yolox_nano: Path, coco11: Path, out: Path) -> Path:
@@ -49,3 +52,37 @@ def synthetic_set(folder: Path, n_images: int = 300, seed: int = 7) -> tuple[Pat
     (folder / "gt.json").write_text(json.dumps(gt))
     (folder / "res.json").write_text(json.dumps(res))
     return folder / "gt.json", folder / "res.json"
+
+
+# ---- fixtures shared by test_evaluate.py and test_evaluate_browser.py --------------------
+@pytest.fixture(scope="module")
+def files(yolox_nano: Path, coco11: Path, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("evaluate")
+    a = yolox_results(yolox_nano, coco11, d / "yolox_nano.json")
+    gt, res = synthetic_set(d / "synthetic")
+    return {"gt": coco11, "a": a, "b": degraded(a, d / "yolox_shifted.json"), "syn_gt": gt, "syn_res": res}
+
+
+@pytest.fixture(scope="module")
+def evalset(files):
+    from detseg.serve import evalset as es_mod
+
+    return es_mod.load_evalset(files["gt"], [files["a"], files["b"]])
+
+
+@pytest.fixture(scope="module")
+def eval_served(evalset, tmp_path_factory):
+    from detseg.serve.app import ServeOptions, build_app, launch, make_context
+    from detseg.serve.limits import Limits
+    from detseg.serve.models import ModelHub, detector_specs
+
+    ctx = make_context(ModelHub(detector_specs([])), Limits(), tmp_path_factory.mktemp("eval_out"))
+    options = ServeOptions(samples=False)
+    demo = build_app(ctx, options, evalset)
+    url = launch(demo, ctx, port=free_port(), options=options, block=False, quiet=True)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+

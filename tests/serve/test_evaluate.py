@@ -14,21 +14,10 @@ from typer.testing import CliRunner
 from detseg.eval import browse, evaluate
 from detseg.eval.analysis import per_class_table, prf_at
 from detseg.serve import evalset as es_mod
-from tests.serve.conftest import free_port
-from tests.serve.evaluate_data import degraded, synthetic_set, yolox_results
+from tests.serve import evaluate_data
 
-
-@pytest.fixture(scope="module")
-def files(yolox_nano: Path, coco11: Path, tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("evaluate")
-    a = yolox_results(yolox_nano, coco11, d / "yolox_nano.json")
-    gt, res = synthetic_set(d / "synthetic")
-    return {"gt": coco11, "a": a, "b": degraded(a, d / "yolox_shifted.json"), "syn_gt": gt, "syn_res": res}
-
-
-@pytest.fixture(scope="module")
-def evalset(files):
-    return es_mod.load_evalset(files["gt"], [files["a"], files["b"]])
+# the fixtures this module shares with test_evaluate_browser.py
+files, evalset, eval_served = evaluate_data.files, evaluate_data.evalset, evaluate_data.eval_served
 
 
 def test_loading_evaluates_each_run_once_and_finds_the_images(evalset, files):
@@ -50,9 +39,11 @@ def test_tables_are_the_library_numbers(evalset):
     assert head[:4] == ["class", "n_gt", "AP yolox_nano", "AP50 yolox_nano"] and len(rows) == 80
     pc, pr = per_class_table(a), prf_at(a, 0.5, 0.3)["per_class"]
     person = evalset.cat_names.index("person")
-    assert rows[person][0] == "person" and rows[person][1] == pc[person]["n_gt"] > 10
-    assert rows[person][2] == pytest.approx(pc[person]["AP"], abs=1e-4)
-    assert rows[person][6:9] == [pr[person]["tp"], pr[person]["fp"], pr[person]["fn"]]
+    assert [r[1] for r in rows] == sorted((r["n_gt"] for r in pc), reverse=True)
+    row = rows[0]  # person: the most ground truth
+    assert row[0] == "person" and row[1] == pc[person]["n_gt"] > 10
+    assert row[2] == pytest.approx(pc[person]["AP"], abs=1e-4)
+    assert row[6:9] == [pr[person]["tp"], pr[person]["fp"], pr[person]["fn"]]
 
 
 def test_drawing_shows_each_outcome_in_its_colour(evalset):
@@ -81,22 +72,6 @@ def test_missing_images_keep_tables_and_say_so(files):
 
 
 # ---- the page's endpoints ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def eval_served(evalset, tmp_path_factory):
-    from detseg.serve.app import ServeOptions, build_app, launch, make_context
-    from detseg.serve.limits import Limits
-    from detseg.serve.models import ModelHub, detector_specs
-
-    ctx = make_context(ModelHub(detector_specs([])), Limits(), tmp_path_factory.mktemp("eval_out"))
-    options = ServeOptions(samples=False)
-    demo = build_app(ctx, options, evalset)
-    url = launch(demo, ctx, port=free_port(), options=options, block=False, quiet=True)
-    try:
-        yield url
-    finally:
-        demo.close()
-
-
 def _client(url: str):
     from gradio_client import Client
 
@@ -154,7 +129,7 @@ def test_errors_reach_the_page_as_messages(eval_served, files):
         c.predict(42, api_name="/eval_show")
     with pytest.raises(AppError, match="unknown image id"):  # results of another dataset
         c.predict(handle_file(str(files["gt"])), handle_file(str(files["syn_res"])), None, "bbox",
-                  api_name="/eval_load")
+                  "any", 0.3, api_name="/eval_load")
 
 
 def test_upload_in_the_page_replaces_the_evaluation_for_this_session(eval_served, files):
@@ -162,13 +137,17 @@ def test_upload_in_the_page_replaces_the_evaluation_for_this_session(eval_served
 
     c = _client(eval_served)
     out = c.predict(handle_file(str(files["syn_gt"])), handle_file(str(files["syn_res"])), None,
-                    "bbox", api_name="/eval_load")
+                    "bbox", "FN", 0.5, api_name="/eval_load")
     summary, classes, _, images, note, cls, view_a, view_b, _, position = out
     assert "Images are missing: none of the 300 images was found" in summary
     assert [c_[0] for c_ in cls["choices"]][1:] == [f"class_{i}" for i in _syn_cats(files)]
     assert view_b["visible"] is False and Path(view_a["value"]).is_file()
     assert "image not found on disk" in position
-    assert len(_rows(images)) == int(note.split()[0]) <= 300
+    # the filters given apply at once: images with a missed object at score 0.5, as the library says
+    es = es_mod.load_evalset(files["syn_gt"], [files["syn_res"]])
+    want = browse.select_images(es.runs[0].outcomes, es.gt.cat, 0.5, None, "FN")
+    assert len(_rows(images)) == int(note.split()[0]) == want.size > 0
+    assert [int(r[1]) for r in _rows(images)] == es.gt.image_ids[want].tolist()
     # another session still sees the evaluation given at start-up
     other = _client(eval_served).predict("all classes", "any", 0.3, api_name="/eval_filter")
     assert "11 images, all found on disk" in other[0]
