@@ -139,27 +139,34 @@ def _per_class(es: EvalSet, run: int) -> list[dict]:
 
 
 def summary_markdown(es: EvalSet, score: float) -> str:
-    """COCO summary, TP/FP/FN at ``score`` and TIDE counts, one column per run."""
-    head = "| | " + " | ".join(r.name for r in es.runs) + " |"
-    lines = [head, "|---" * (len(es.runs) + 1) + "|"]
-    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
-        lines.append(f"| {key} | " + " | ".join(_num(r.ev.stats_dict[key]) for r in es.runs) + " |")
+    """COCO summary, P/R and TP/FP/FN at ``score``, TIDE counts and dAP; one column per run."""
+    def row(label: str, cells) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    stats = [r.ev.stats_dict for r in es.runs]
     prf = [_prf(es, k, score)["overall"] for k in range(len(es.runs))]
-    for key in ("precision", "recall", "tp", "fp", "fn"):
-        label = f"{key.upper() if len(key) == 2 else key} @ score ≥ {score:.2f}, IoU {es.iou:.2f}"
-        lines.append(f"| {label} | " + " | ".join(_num(p[key]) for p in prf) + " |")
-    for key in ("classification", "localisation", "both", "duplicate", "background", "missed"):
-        lines.append(f"| TIDE {key} (count / dAP) | " + " | ".join(
-            f"{r.tide['counts'][key]} / {r.tide['dAP'][key]:.3f}" for r in es.runs) + " |")
+    kinds = ("classification", "localisation", "both", "duplicate", "background", "missed")
+    at = f"@ score ≥ {score:.2f}, IoU {es.iou:.2f}"
+    lines = [row("", [r.name for r in es.runs]), "|---" * (len(es.runs) + 1) + "|"]
+    lines += [row(key, [_num(st[key]) for st in stats]) for key in ("AP", "AP50", "AP75")]
+    lines += [row("APs / APm / APl", [" / ".join(_num(st[k]) for k in ("APs", "APm", "APl"))
+                                      for st in stats]),
+              row("AR100", [_num(st["AR100"]) for st in stats]),
+              row(f"precision / recall {at}", [f"{_num(p['precision'])} / {_num(p['recall'])}" for p in prf]),
+              row(f"TP / FP / FN {at}", [f"{p['tp']} / {p['fp']} / {p['fn']}" for p in prf]),
+              row("TIDE count: cls / loc / both / dup / bkg / missed",
+                  [" / ".join(str(r.tide["counts"][k]) for k in kinds) for r in es.runs]),
+              row("TIDE dAP: cls / loc / both / dup / bkg / missed",
+                  [" / ".join(f"{r.tide['dAP'][k]:.3f}" for k in kinds) for r in es.runs])]
     n = len(es.image_paths)
+    canvas = ("tables and curves are complete; the image browser draws the boxes on a blank canvas "
+              "(give --images DIR when starting detseg serve; files uploaded in the page come "
+              "without their images).")
     note = (f"{n} images, all found on disk." if es.n_found == n else
-            f"**Images are missing: {n - es.n_found} of {n} not found** (looked beside the ground "
-            "truth, in images/, and in --images); tables and curves are complete, the image "
-            "browser draws the boxes on a blank canvas." if es.n_found else
-            f"**Images are missing: none of the {n} images was found** (give --images DIR); tables "
-            "and curves are complete, the image browser draws the boxes on a blank canvas.")
-    return (f"**{es.gt.source}** ({es.runs[0].ev.iou_type}), {len(es.gt)} ground-truth objects. "
-            + note + "\n\n" + "\n".join(lines))
+            f"**Images are missing: {n - es.n_found} of {n} not found**; " + canvas if es.n_found else
+            f"**Images are missing: none of the {n} images was found**; " + canvas)
+    return (f"**{Path(es.gt.source).name}** ({es.runs[0].ev.iou_type}), {len(es.gt)} ground-truth "
+            "objects. " + note + "\n\n" + "\n".join(lines))
 
 
 def class_table(es: EvalSet, score: float) -> tuple[list[str], list[list]]:

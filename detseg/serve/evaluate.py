@@ -248,8 +248,8 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
                                       "`detseg serve --gt GT.json --pred results.json`.",
                                       elem_id="eval-summary")
             with gr.Column(scale=2):
-                pr = gr.Image(label="PR curve of the selected class", interactive=False,
-                              elem_id="eval-pr", type="numpy")
+                pr = gr.Image(label="PR curve of the selected class", show_label=False,
+                              interactive=False, elem_id="eval-pr", type="numpy")
         with gr.Row():
             cls = gr.Dropdown([ALL, *cat_names], value=ALL, label="Class", elem_id="eval-class")
             error = gr.Dropdown(ERRORS, value="any", label="Error type", elem_id="eval-error")
