@@ -21,10 +21,10 @@ def problem():
     return gt, res, evaluate(gt, res, "bbox")
 
 
-def reference_counts(gt: dict, res: list, iou: float, score: float, cat_id: int | None
-                     ) -> dict[int, tuple[int, int, int]]:
+def reference_counts(gt: dict, res: list, iou: float, score: float, cat_id: int | None,
+                     iou_type: str = "bbox") -> dict[int, tuple[int, int, int]]:
     """{image_id: (TP, FP, FN)} read from pycocotools' evalImgs (area "all", maxDets 100)."""
-    ref = pycoco_eval(gt, res)
+    ref = pycoco_eval(gt, res, iou_type)
     t = int(np.flatnonzero(np.isclose(ref.params.iouThrs, iou))[0])
     out: dict[int, list[int]] = {int(i["id"]): [0, 0, 0] for i in gt["images"]}
     for e in ref.evalImgs:
@@ -58,6 +58,19 @@ def test_image_counts_match_pycocotools_eval_imgs(problem, iou, score, by_cat):
     # one image at a time gives the same counts
     for j in range(0, len(ev.gt.image_ids), 7):
         assert browse.image_view(ev, o, j, score, k).counts == tuple(got[j])
+
+
+def test_segm_counts_and_error_types(tmp_path):
+    gt, res = make_problem(seed=9, n_images=60, n_cats=4, dets_per_image=10, segm=True)
+    ev = evaluate(gt, res, "segm")
+    o = browse.outcomes(ev, 0.5)
+    got = browse.image_counts(o, ev.gt.cat, 0.2)
+    want = reference_counts(gt, res, 0.5, 0.2, None, "segm")
+    assert {int(i): tuple(int(v) for v in got[j]) for j, i in enumerate(ev.gt.image_ids)} == want
+    tide = tide_errors(ev, t_f=0.5)["counts"]
+    assert {n: int((o.det_error == i).sum()) for i, n in enumerate(browse.FP_TYPES)} == {
+        k: v for k, v in tide.items() if k != "missed"}
+    assert int(o.gt_missed.sum()) == tide["missed"]
 
 
 def test_totals_equal_prf_at_and_error_types_equal_tide(problem):

@@ -15,6 +15,7 @@ from detseg.eval import browse, evaluate
 from detseg.eval.analysis import per_class_table, prf_at
 from detseg.serve import evalset as es_mod
 from tests.serve import evaluate_data
+from tests.serve.conftest import free_port
 
 # the fixtures this module shares with test_evaluate_browser.py
 files, evalset, eval_served = evaluate_data.files, evaluate_data.evalset, evaluate_data.eval_served
@@ -168,3 +169,22 @@ def test_bad_evaluate_options_are_refused_before_serving(args, message):
     result = CliRunner().invoke(app, ["serve", *args])
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
+
+
+def test_serve_command_opens_the_evaluate_tab(files, yolox_nano, sam_paths):
+    """Acceptance: `detseg serve --gt --pred A --pred B` evaluates once, says so, and serves
+    the tab on 127.0.0.1 with the evaluation filled in for a new session."""
+    from tests.serve.test_cli import _serve, _stop, _wait_listening
+
+    port = free_port()
+    proc = _serve(["--port", str(port), "--model", str(yolox_nano), "--head", "yolox",
+                   "--sam-encoder", str(sam_paths[0]), "--sam-decoder", str(sam_paths[1]),
+                   "--gt", str(files["gt"]), "--pred", str(files["a"]), "--pred", str(files["b"])])
+    try:
+        _wait_listening(proc, port)
+        summary = _client(f"http://127.0.0.1:{port}/").predict("all classes", "any", 0.3,
+                                                               api_name="/eval_filter")[0]
+    finally:
+        out = _stop(proc)
+    assert "11 images, all found on disk" in summary and "| AP | 0.370 | 0.095 |" in summary
+    assert "evaluate: instances.json: 11 images (11 found on disk); yolox_nano AP 0.370" in out
