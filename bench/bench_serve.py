@@ -13,7 +13,15 @@ given) as a subprocess on 127.0.0.1, then:
 2. load: C concurrent clients (each its own session and image) click for D seconds. Reports
    requests, errors, latency under load, throughput, and the server's RSS over time.
 
+3. evaluate (``--evaluate``, run alone): the Evaluate tab on a 5,000-image synthetic set
+   (36k ground truths, two results files of 500k detections each, A and B). Times start-up
+   (``detseg serve --gt --pred A --pred B`` until the page answers) against evaluating the
+   two files alone in this process, then a filter change and moving between images through
+   the REST API (request, both pictures drawn and encoded, both downloaded), against the
+   same work done in this process without the server (the baseline).
+
     .venv/bin/python bench/bench_serve.py [--clicks 200] [--clients 8] [--duration 60]
+    .venv/bin/python bench/bench_serve.py --evaluate [--eval-images 5000] [--steps 100]
 """
 
 from __future__ import annotations
@@ -165,6 +173,157 @@ def rss_sampler(pid: int, stop: threading.Event, out: list, every: float = 2.0) 
         stop.wait(every)
 
 
+# ---- 3. the Evaluate tab ---------------------------------------------------------------------
+def eval_inputs(folder: Path, n_images: int) -> tuple[Path, Path, Path]:
+    """A COCO-scale problem (GT + results A) and a worse copy B, with images on disk.
+
+    16 distinct 640x480 JPEGs are hard-linked under the 5,000 file names: reading them costs
+    what reading real images of that size costs (from the page cache), without 5,000 files'
+    worth of disk.
+    """
+    import cv2
+
+    from detseg.eval.synthetic import make_large_problem
+
+    gt, res = make_large_problem(seed=0, n_images=n_images)
+    rng = np.random.default_rng(1)
+    jit = rng.normal(0, 4, (len(res), 2)).round(2).tolist()
+    res_b = [dict(r, bbox=[r["bbox"][0] + j[0], r["bbox"][1] + j[1], *r["bbox"][2:]])
+             for r, j in zip(res, jit, strict=True)]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:480, 0:640]
+    srcs = []
+    for k in range(16):
+        img = np.stack([(xx * (k + 1)) % 256, (yy * 3 + 40 * k) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+        img = cv2.GaussianBlur(img, (0, 0), 3) + rng.integers(0, 20, img.shape, dtype=np.uint8)
+        path = folder / f"src_{k}.jpg"
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        srcs.append(path)
+    for i, im in enumerate(gt["images"]):
+        dst = folder / "images" / im["file_name"]
+        if not dst.exists():
+            os.link(srcs[i % 16], dst)
+    paths = folder / "gt.json", folder / "a.json", folder / "b.json"
+    for path, data in zip(paths, (gt, res, res_b), strict=True):
+        path.write_text(json.dumps(data))
+    return paths
+
+
+def payload_files(http, payload) -> None:
+    """Download every file a response points at (the pictures the page would show)."""
+    if isinstance(payload, dict):
+        if isinstance(payload.get("url"), str):
+            http.get(payload["url"]).raise_for_status()
+        for v in payload.values():
+            if isinstance(v, (dict, list)):
+                payload_files(http, v)
+    elif isinstance(payload, list):
+        for v in payload:
+            payload_files(http, v)
+
+
+def bench_evaluate(args: argparse.Namespace) -> None:
+    import cv2
+    from gradio_client import Client
+
+    from detseg.eval import browse, evaluate
+    from detseg.serve import evalset as es_mod
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-eval-"))
+    t0 = time.perf_counter()
+    gt, a, b = eval_inputs(tmp, args.eval_images)
+    print(f"inputs: {args.eval_images} images, written in {time.perf_counter() - t0:.1f} s "
+          f"(GT {gt.stat().st_size / 2**20:.0f} MB, each results file {a.stat().st_size / 2**20:.0f} MB)")
+
+    # baselines, in this process: the metrics alone, then what the tab computes at load
+    evaluate(gt, a)  # warm-up (imports, first-touch allocations)
+    t0 = time.perf_counter()
+    for pred in (a, b):
+        evaluate(gt, pred)
+    metrics_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    es = es_mod.load_evalset(gt, [a, b])
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    direct = []
+    r0 = es.runs[0]
+    order = browse.select_images(r0.outcomes, es.gt.cat, 0.3)
+    for j in order[: args.steps].tolist():
+        t0 = time.perf_counter()
+        image, found = es_mod.read_image_or_blank(es, j)
+        for r in es.runs:
+            v = browse.image_view(r.ev, r.outcomes, j, 0.3)
+            cv2.imencode(".jpg", es_mod.draw_view(image, v, es.cat_names, found=found))
+        direct.append(time.perf_counter() - t0)
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "detseg", "serve", "--port", str(port), "--gt", str(gt),
+           "--pred", str(a), "--pred", str(b)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(proc, url)
+        start_s = time.perf_counter() - t0
+        client = Client(url, verbose=False)
+        raw = RawSession(url, client.session_hash)
+
+        def timed(api: str, *data) -> float:
+            t = time.perf_counter()
+            payload = raw.call(api, *data, download=False)
+            payload_files(raw.http, payload)
+            return time.perf_counter() - t
+
+        cats = es.cat_names
+        filters = [("all classes", "any", 0.3)] + [
+            (cats[int(rng.integers(len(cats)))], e, float(s))
+            for e, s in (("FP", 0.3), ("FN", 0.5), ("localisation", 0.1), ("missed", 0.3), ("any", 0.05))]
+        timed("eval_filter", *filters[0])  # warm-up
+        t_filter = [timed("eval_filter", *f) for f in filters]
+        timed("eval_filter", "all classes", "any", 0.3)
+        for _ in range(5):
+            timed("eval_next")  # warm-up
+        t_next = [timed("eval_next") for _ in range(args.steps)]
+        t_prev = [timed("eval_prev") for _ in range(max(10, args.steps // 5))]
+        ids = rng.choice(es.gt.image_ids, max(10, args.steps // 5))
+        t_show = [timed("eval_show", int(i)) for i in ids]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    print(f"start-up: evaluating A and B in this process (metrics only) {metrics_s:.2f} s; "
+          f"the tab's load (metrics + per-image outcomes + TIDE, images found) {load_s:.2f} s "
+          f"({load_s / metrics_s:.2f}x); detseg serve until the page answers {start_s:.1f} s")
+    print(f"{'Evaluate tab, A and B side by side':44s} {'p50 ms':>8s} {'p95 ms':>8s} {'n':>5s}")
+    for name, vals in (("next image, API over HTTP (this)", t_next),
+                       ("previous image, API over HTTP", t_prev),
+                       ("show image by id, API over HTTP", t_show),
+                       ("filter change (tables, PR, list, image)", t_filter),
+                       ("direct: read + 2x view + draw + JPEG (baseline)", direct)):
+        print(f"{name:44s} {pct(vals, 50):8.1f} {pct(vals, 95):8.1f} {len(vals):5d}")
+    print(f"ratio next-image p50 / direct p50: {pct(t_next, 50) / pct(direct, 50):.2f}x")
+    print(f"target: moving between images well under a second (p95 <= 500 ms): "
+          f"{'met' if pct(t_next, 95) <= 500 and pct(t_prev, 95) <= 500 else 'NOT met'}")
+
+
+def wait_http(proc: subprocess.Popen, url: str, limit_s: float = 600) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"detseg serve exited:\n{proc.stdout.read()}")
+        try:
+            urllib.request.urlopen(url, timeout=5)  # noqa: S310
+            return
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("detseg serve did not start")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clicks", type=int, default=200)
@@ -174,7 +333,13 @@ def main() -> None:
     ap.add_argument("--image", type=Path, help="image for the latency phase (default: a shapes sample)")
     ap.add_argument("--sam-encoder")
     ap.add_argument("--sam-decoder")
+    ap.add_argument("--evaluate", action="store_true", help="run only section 3, the Evaluate tab")
+    ap.add_argument("--eval-images", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=100, help="images browsed in section 3")
     args = ap.parse_args()
+    if args.evaluate:
+        bench_evaluate(args)
+        return
 
     from gradio_client import Client, handle_file
 

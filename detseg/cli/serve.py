@@ -51,6 +51,12 @@ def serve(
     max_pixels: float = typer.Option(25e6, help="Largest image, in pixels (width x height)."),
     concurrency: int = typer.Option(2, min=1, help="Model calls running at once."),
     max_queue: int = typer.Option(64, min=1, help="Requests allowed to wait in the queue."),
+    gt: Path = typer.Option(None, "--gt", help="COCO ground truth: open the Evaluate tab on it (with --pred)."),
+    pred: list[Path] = typer.Option(
+        None, "--pred", help="COCO results JSON to evaluate against --gt; give twice to compare A and B.",
+    ),
+    images: Path = typer.Option(None, "--images", help="Folder of the --gt images (default: beside the JSON)."),
+    iou_type: str = typer.Option("bbox", "--iou-type", help="Evaluate tab: bbox or segm."),
 ) -> None:
     """Open the demo: detection and segmentation with sliders, and Segment Anything prompts."""
     from detseg.serve.app import ServeOptions, build_app, launch, make_context
@@ -65,6 +71,7 @@ def serve(
     for path in (sam_encoder, sam_decoder):
         if path is not None and not path.is_file():
             raise InputError(f"{path}: SAM model file not found")
+    evalset = _load_evaluation(gt, pred or [], images, iou_type)  # bad files: refused before serving
     limits = Limits(max_upload_bytes=parse_size(max_upload), max_pixels=int(max_pixels))
     sam_paths = (sam_encoder, sam_decoder) if sam_encoder is not None else None
     hub = ModelHub(detector_specs(model or [], head), sam_paths=sam_paths, sam_name=sam, device=device)
@@ -86,7 +93,7 @@ def serve(
     # the session downloads below are removed either way.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        demo = build_app(ctx, options)
+        demo = build_app(ctx, options, evalset)
         try:
             launch(demo, ctx, host=host, port=port, share=share, auth=credentials, options=options)
         except OSError as exc:
@@ -96,6 +103,27 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(ctx.out_dir, ignore_errors=True)  # downloads written for the sessions
+
+
+def _load_evaluation(gt: Path | None, preds: list[Path], images: Path | None, iou_type: str):
+    """Evaluate --pred against --gt once, before the page opens (None when not asked)."""
+    if gt is None and not preds:
+        return None
+    if gt is None or not preds:
+        raise InputError("--gt and --pred: give both (one ground truth, one or two results files)")
+    if len(preds) > 2:
+        raise InputError(f"--pred: expected one or two results files, found {len(preds)}")
+    if iou_type not in ("bbox", "segm"):
+        raise InputError(f"--iou-type: expected bbox or segm, found {iou_type!r}")
+    if images is not None and not images.is_dir():
+        raise InputError(f"--images {images}: folder not found")
+    from detseg.serve.evalset import load_evalset
+
+    es = load_evalset(gt, preds, iou_type, images)
+    n = len(es.image_paths)
+    aps = ", ".join(f"{r.name} AP {r.ev.stats[0]:.3f}" for r in es.runs)
+    print(f"evaluate: {gt.name}: {n} images ({es.n_found} found on disk); {aps}")
+    return es
 
 
 def register(app: typer.Typer) -> None:

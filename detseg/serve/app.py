@@ -25,6 +25,7 @@ from typing import Any
 import gradio as gr
 
 from detseg.errors import DetsegError
+from detseg.serve import evaluate as eval_tab
 from detseg.serve import handlers as h
 from detseg.serve.render import detections_view, sam_view, view_scale
 from detseg.serve.state import Session
@@ -35,7 +36,7 @@ CLICK_MODES = ["positive point", "negative point", "box (two clicks)"]
 API_NAMES = (
     "load_image", "detect", "detections_to_sam", "sam_point", "sam_box", "sam_undo",
     "sam_clear", "sam_choose", "sam_export",
-)
+) + eval_tab.API_NAMES
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,11 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions()) -> gr.Blocks:
-    """The demo page, wired to ``ctx``'s models; call ``.queue()``/``.launch()`` via `launch`."""
+def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions(), evalset=None) -> gr.Blocks:
+    """The demo page, wired to ``ctx``'s models; call ``.queue()``/``.launch()`` via `launch`.
+
+    ``evalset``: a `detseg.serve.evalset.EvalSet` the Evaluate tab opens on (``--gt/--pred``).
+    """
     hub = ctx.hub
 
     # ---- output builders (shared by every SAM action) --------------------------------
@@ -214,7 +218,7 @@ def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions()) -> gr
                         [[str(p)] for p in samples], inputs=[image_in], label="Samples",
                         example_labels=[f"shapes {i + 1}" for i in range(len(samples))],
                     )
-        with gr.Tabs():
+        with gr.Tabs(selected=eval_tab.TAB_ID if evalset is not None else None):
             with gr.Tab("Segment Anything", id="sam"):
                 with gr.Row():
                     with gr.Column(scale=1):
@@ -264,6 +268,7 @@ def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions()) -> gr
                     headers=h.TABLE_HEADERS, interactive=False, label="Detections", elem_id="det-table"
                 )
                 det_file = gr.File(label="COCO results JSON", elem_id="det-file")
+            eval_tab.build_tab(demo, evalset, options.concurrency_limit, options.session_ttl_s)
 
         sam_out = [state, canvas, candidates, summary]
         det_in = [state, model, conf, iou, max_det]

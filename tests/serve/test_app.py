@@ -14,10 +14,14 @@ def test_every_model_event_shares_one_concurrency_limit(ctx) -> None:
     assert set(named) == set(API_NAMES)
     for f in fns:
         if f.fn is not None and f.queue is not False and f.api_name != "load_example":
-            assert f.concurrency_limit == 3 and f.concurrency_id == "models", f.api_name
+            # the Evaluate tab runs no model: its events queue apart, under the same limit
+            evaluate_tab = f.fn.__module__ == "detseg.serve.evaluate"
+            assert f.concurrency_limit == 3, f.api_name
+            assert f.concurrency_id == ("evaluate" if evaluate_tab else "models"), f.api_name
 
 
 def test_state_is_per_session_not_global(ctx) -> None:
     demo = build_app(ctx, ServeOptions(samples=False))
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
-    assert len(states) == 1 and states[0].time_to_live == ServeOptions().session_ttl_s
+    assert len(states) == 2  # the demo's session, and the Evaluate tab's view
+    assert all(s.time_to_live == ServeOptions().session_ttl_s for s in states)

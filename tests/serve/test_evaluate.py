@@ -1,0 +1,190 @@
+"""The Evaluate tab: its data (detseg.serve.evalset) against detseg.eval, and its endpoints
+through gradio_client on an app launched on 127.0.0.1 inside the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from detseg.eval import browse, evaluate
+from detseg.eval.analysis import per_class_table, prf_at
+from detseg.serve import evalset as es_mod
+from tests.serve import evaluate_data
+from tests.serve.conftest import free_port
+
+# the fixtures this module shares with test_evaluate_browser.py
+files, evalset, eval_served = evaluate_data.files, evaluate_data.evalset, evaluate_data.eval_served
+
+
+def test_loading_evaluates_each_run_once_and_finds_the_images(evalset, files):
+    ref = evaluate(files["gt"], files["a"])
+    a, b = evalset.runs
+    np.testing.assert_array_equal(a.ev.stats, ref.stats)
+    assert a.ev.stats[0] == pytest.approx(0.370, abs=0.005)  # YOLOX-Nano's AP on these images
+    assert b.ev.stats[0] < a.ev.stats[0] - 0.05  # the degraded copy really is worse
+    assert b.ev.gt is a.ev.gt  # the ground truth is read once
+    assert (a.name, b.name) == ("yolox_nano", "yolox_shifted")
+    assert evalset.n_found == len(evalset.image_paths) == 11
+    md = es_mod.summary_markdown(evalset, 0.3)
+    assert "11 images, all found on disk" in md and "| AP | 0.37" in md
+
+
+def test_tables_are_the_library_numbers(evalset):
+    head, rows = es_mod.class_table(evalset, 0.3)
+    a = evalset.runs[0].ev
+    assert head[:4] == ["class", "n_gt", "AP yolox_nano", "AP50 yolox_nano"] and len(rows) == 80
+    pc, pr = per_class_table(a), prf_at(a, 0.5, 0.3)["per_class"]
+    person = evalset.cat_names.index("person")
+    assert [r[1] for r in rows] == sorted((r["n_gt"] for r in pc), reverse=True)
+    row = rows[0]  # person: the most ground truth
+    assert row[0] == "person" and row[1] == pc[person]["n_gt"] > 10
+    assert row[2] == pytest.approx(pc[person]["AP"], abs=1e-4)
+    assert row[6:9] == [pr[person]["tp"], pr[person]["fp"], pr[person]["fn"]]
+
+
+def test_drawing_shows_each_outcome_in_its_colour(evalset):
+    r = evalset.runs[0]
+    j = int(np.argmax(browse.image_counts(r.outcomes, evalset.gt.cat, 0.3).sum(1)))
+    image, found = es_mod.read_image_or_blank(evalset, j)
+    v = browse.image_view(r.ev, r.outcomes, j, 0.3)
+    assert found and v.counts[0] > 0 and v.counts[1] > 0
+    drawn = es_mod.draw_view(image, v, evalset.cat_names)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert not np.array_equal(drawn, image) and image.flags.writeable  # the input is untouched
+    for rgb in (es_mod.TP_RGB, es_mod.FP_RGB, es_mod.GT_RGB):
+        assert (np.abs(drawn.astype(int) - rgb).sum(axis=2) < 30).sum() > 50, rgb
+    big = es_mod.draw_view(np.zeros((3000, 2000, 3), np.uint8), v, evalset.cat_names, max_side=960)
+    assert max(big.shape[:2]) == 960  # large images are shown downscaled
+
+
+def test_missing_images_keep_tables_and_say_so(files):
+    es = es_mod.load_evalset(files["syn_gt"], [files["syn_res"]])
+    assert es.n_found == 0 and len(es.image_paths) == 300
+    assert "Images are missing: none of the 300 images was found" in es_mod.summary_markdown(es, 0.3)
+    image, found = es_mod.read_image_or_blank(es, 0)
+    assert not found and image.shape == (240, 320, 3)
+    pr = es_mod.pr_figure(es, 0)
+    assert pr.ndim == 3 and pr.shape[2] == 3 and pr.std() > 10
+
+
+# ---- the page's endpoints ---------------------------------------------------------------
+def _client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _rows(table: dict) -> list:
+    return (table.get("value") or table)["data"]
+
+
+def test_filter_and_browse_through_the_api(eval_served, evalset):
+    from detseg.serve.app import API_NAMES
+
+    c = _client(eval_served)
+    api = c.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == {f"/{n}" for n in API_NAMES}
+    assert not api["unnamed_endpoints"]
+
+    out = c.predict("person", "FP", 0.3, api_name="/eval_filter")
+    summary, classes, pr, images, note, _, view_a, view_b, objects, position = out
+    person = evalset.cat_names.index("person")
+    want = [browse.select_images(r.outcomes, evalset.gt.cat, 0.3, person, "FP") for r in evalset.runs]
+    order = np.union1d(*want)
+    assert note.startswith(f"{order.size} images match") and 0 < order.size < 11
+    assert [int(r[1]) for r in _rows(images)] and {int(r[1]) for r in _rows(images)} == {
+        int(evalset.gt.image_ids[j]) for j in order}
+    assert Image.open(view_a["value"]).size == Image.open(view_b["value"]).size
+    assert view_b["visible"] is True
+    assert {row[2] for row in _rows(objects)} == {"person"}  # only the selected class is shown
+    first_id = int(_rows(images)[0][1])
+    assert f"Image 1 of {order.size} · id {first_id}" in position
+    # the image's counts are the library's
+    j = int(np.flatnonzero(evalset.gt.image_ids == first_id)[0])
+    a_counts = browse.image_view(evalset.runs[0].ev, evalset.runs[0].outcomes, j, 0.3, person).counts
+    assert "yolox_nano: TP {} FP {} FN {}".format(*a_counts) in position
+
+    _, _, _, pos2 = c.predict(api_name="/eval_next")
+    assert pos2.startswith(f"Image 2 of {order.size}")
+    _, _, _, pos1 = c.predict(api_name="/eval_prev")
+    assert pos1 == position
+    _, _, _, last = c.predict(api_name="/eval_prev")  # wraps around
+    assert last.startswith(f"Image {order.size} of {order.size}")
+    _, _, _, shown = c.predict(139, api_name="/eval_show")
+    assert "id 139 · 000000000139.jpg" in shown
+
+
+def test_errors_reach_the_page_as_messages(eval_served, files):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c = _client(eval_served)
+    with pytest.raises(AppError, match="typo is not in the list of choices"):  # Gradio checks it
+        c.predict("person", "typo", 0.3, api_name="/eval_filter")
+    with pytest.raises(AppError, match="image id: 42 is not in"):
+        c.predict(42, api_name="/eval_show")
+    with pytest.raises(AppError, match="unknown image id"):  # results of another dataset
+        c.predict(handle_file(str(files["gt"])), handle_file(str(files["syn_res"])), None, "bbox",
+                  "any", 0.3, api_name="/eval_load")
+
+
+def test_upload_in_the_page_replaces_the_evaluation_for_this_session(eval_served, files):
+    from gradio_client import handle_file
+
+    c = _client(eval_served)
+    out = c.predict(handle_file(str(files["syn_gt"])), handle_file(str(files["syn_res"])), None,
+                    "bbox", "FN", 0.5, api_name="/eval_load")
+    summary, classes, _, images, note, cls, view_a, view_b, _, position = out
+    assert "Images are missing: none of the 300 images was found" in summary
+    assert [c_[0] for c_ in cls["choices"]][1:] == [f"class_{i}" for i in _syn_cats(files)]
+    assert view_b["visible"] is False and Path(view_a["value"]).is_file()
+    assert "image not found on disk" in position
+    # the filters given apply at once: images with a missed object at score 0.5, as the library says
+    es = es_mod.load_evalset(files["syn_gt"], [files["syn_res"]])
+    want = browse.select_images(es.runs[0].outcomes, es.gt.cat, 0.5, None, "FN")
+    assert len(_rows(images)) == int(note.split()[0]) == want.size > 0
+    assert [int(r[1]) for r in _rows(images)] == es.gt.image_ids[want].tolist()
+    # another session still sees the evaluation given at start-up
+    other = _client(eval_served).predict("all classes", "any", 0.3, api_name="/eval_filter")
+    assert "11 images, all found on disk" in other[0]
+
+
+def _syn_cats(files) -> list[int]:
+    return sorted(c["id"] for c in json.loads(Path(files["syn_gt"]).read_text())["categories"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--pred", "a.json"], "--gt and --pred: give both"),
+    (["--gt", "missing.json", "--pred", "a.json"], "missing.json: ground-truth file not found"),
+    (["--gt", "g.json", "--pred", "a", "--pred", "b", "--pred", "c"], "expected one or two"),
+])
+def test_bad_evaluate_options_are_refused_before_serving(args, message):
+    from detseg.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code != 0
+    assert message in str(result.exception) + result.output
+
+
+def test_serve_command_opens_the_evaluate_tab(files, yolox_nano, sam_paths):
+    """Acceptance: `detseg serve --gt --pred A --pred B` evaluates once, says so, and serves
+    the tab on 127.0.0.1 with the evaluation filled in for a new session."""
+    from tests.serve.test_cli import _serve, _stop, _wait_listening
+
+    port = free_port()
+    proc = _serve(["--port", str(port), "--model", str(yolox_nano), "--head", "yolox",
+                   "--sam-encoder", str(sam_paths[0]), "--sam-decoder", str(sam_paths[1]),
+                   "--gt", str(files["gt"]), "--pred", str(files["a"]), "--pred", str(files["b"])])
+    try:
+        _wait_listening(proc, port)
+        summary = _client(f"http://127.0.0.1:{port}/").predict("all classes", "any", 0.3,
+                                                               api_name="/eval_filter")[0]
+    finally:
+        out = _stop(proc)
+    assert "11 images, all found on disk" in summary and "| AP | 0.370 | 0.095 |" in summary
+    assert "evaluate: instances.json: 11 images (11 found on disk); yolox_nano AP 0.370" in out

@@ -1,0 +1,119 @@
+"""The Evaluate tab in a real browser (Debian's chromium, driven by Playwright): the page opens
+on the evaluation given at start-up, filters, browses, shows A and B side by side, and takes
+an upload. Screenshots go to test-artifacts/evaluate_*.png (also on failure)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from detseg.eval import browse
+from tests.serve import evaluate_data, test_browser
+
+pytestmark = pytest.mark.browser
+
+files, evalset, eval_served = evaluate_data.files, evaluate_data.evalset, evaluate_data.eval_served
+browser = test_browser.browser
+ARTIFACTS, TIMEOUT_MS = test_browser.ARTIFACTS, test_browser.TIMEOUT_MS
+
+
+def _loaded(page, elem_id: str) -> None:
+    page.wait_for_function(
+        "id => { const i = document.querySelector('#' + id + ' img');"
+        " return i && i.complete && i.naturalWidth > 0; }", arg=elem_id)
+
+
+def _text(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def _wait_text_change(page, elem_id: str, before: str) -> str:
+    page.wait_for_function(
+        "([id, t]) => { const e = document.querySelector('#' + id);"
+        " return e && e.innerText.trim().length > 0 && e.innerText !== t"
+        " && /images match/.test(e.innerText); }", arg=[elem_id, before])
+    return _text(page, elem_id)
+
+
+def _choose(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def test_open_filter_browse_and_compare(eval_served, evalset, browser) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.set_default_timeout(TIMEOUT_MS)
+    shot = "evaluate_open.png"
+    try:
+        page.goto(eval_served)
+        # the page opens on the Evaluate tab, filled from --gt/--pred
+        page.get_by_text("11 images, all found on disk").first.wait_for()
+        page.locator("#eval-position").get_by_text("Image 1 of").wait_for()
+        _loaded(page, "eval-view-a")
+        _loaded(page, "eval-view-b")
+        _loaded(page, "eval-pr")
+        assert page.get_by_role("tab", name="Evaluate").get_attribute("aria-selected") == "true"
+        a, b = (page.locator(f"#eval-view-{k} img") for k in "ab")
+        assert a.is_visible() and b.is_visible()
+        pa, pb = (test_browser._element_pixels(x) for x in (a, b))
+        assert pa.shape == pb.shape and np.abs(pa - pb).max(axis=2).mean() > 1  # A and B differ
+        assert "yolox_nano: TP" in _text(page, "eval-position") and "yolox_shifted: TP" in _text(page, "eval-position")
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+
+        # filter: class person, false positives
+        shot = "evaluate_filter.png"
+        note = _text(page, "eval-list-note")
+        _choose(page, "eval-class", "person")
+        note = _wait_text_change(page, "eval-list-note", note)
+        _choose(page, "eval-error", "FP")
+        note = _wait_text_change(page, "eval-list-note", note)
+        person = evalset.cat_names.index("person")
+        want = np.union1d(*[browse.select_images(r.outcomes, evalset.gt.cat, 0.3, person, "FP")
+                            for r in evalset.runs])
+        assert re.search(r"(\d+) images match", note).group(1) == str(want.size)  # the library's
+        page.locator("#eval-position").get_by_text(f"Image 1 of {want.size}").wait_for()
+        objects = page.locator("#eval-objects").inner_text()
+        assert "person" in objects and "chair" not in objects
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+
+        # browse: Next moves to the second image, and the picture changes
+        shot = "evaluate_browse.png"
+        src = a.get_attribute("src")
+        page.locator("#eval-next").click()
+        page.locator("#eval-position").get_by_text(f"Image 2 of {want.size}").wait_for()
+        page.wait_for_function(
+            "s => { const i = document.querySelector('#eval-view-a img');"
+            " return i && i.src !== s && i.complete && i.naturalWidth > 0; }", arg=src)
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+        page.locator("#eval-prev").click()
+        page.locator("#eval-position").get_by_text(f"Image 1 of {want.size}").wait_for()
+        shot = None
+    finally:
+        if shot:  # a failure: the picture shows what the page looked like
+            page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+        page.close()
+
+
+def test_upload_files_in_the_page(eval_served, files, browser) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(eval_served)
+        page.get_by_text("11 images, all found on disk").first.wait_for()
+        page.get_by_text("Evaluate results files").click()  # the accordion
+        page.locator("#eval-gt input[type=file]").set_input_files(str(files["syn_gt"]))
+        page.locator("#eval-a input[type=file]").set_input_files(str(files["syn_res"]))
+        page.locator("#eval-a").get_by_text("res.json").first.wait_for()
+        page.locator("#eval-load").click()
+        page.get_by_text("Images are missing: none of the 300 images was found").first.wait_for()
+        page.locator("#eval-position").get_by_text("image not found on disk").wait_for()
+        _loaded(page, "eval-view-a")
+        assert not page.locator("#eval-view-b img").is_visible()  # one results file: no B
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "evaluate_upload.png"), full_page=True)
+        page.close()
