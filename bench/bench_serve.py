@@ -183,7 +183,7 @@ def eval_inputs(folder: Path, n_images: int) -> tuple[Path, Path, Path]:
     """
     import cv2
 
-    from detseg.eval.synthetic import make_large_problem
+    from tests.eval.synthetic import make_large_problem
 
     gt, res = make_large_problem(seed=0, n_images=n_images)
     rng = np.random.default_rng(1)

@@ -45,7 +45,7 @@ def degraded(results: Path, out: Path, seed: int = 0) -> Path:
 
 def synthetic_set(folder: Path, n_images: int = 300, seed: int = 7) -> tuple[Path, Path]:
     """(ground truth, results) of a seeded synthetic problem; its images do not exist."""
-    from detseg.eval.synthetic import make_problem
+    from tests.eval.synthetic import make_problem
 
     folder.mkdir(parents=True, exist_ok=True)
     gt, res = make_problem(seed=seed, n_images=n_images, n_cats=5, dets_per_image=12)
