@@ -29,21 +29,29 @@ class FakeMeta:
     task: str = "detect"
     names: dict = field(default_factory=lambda: dict(NAMES))
     imgsz: tuple = (32, 32)
-    head: str = "fake"
+    family: str = "fake"
 
 
 class FakeDetector:
-    """Contract: ``preprocess(images) -> (tensor, transforms)``, ``infer``, ``postprocess``."""
+    """Follows `detseg.pipeline.plan.BatchDetector`: ``preprocess(images) -> (tensor,
+    transforms)``, ``infer``, ``postprocess``, ``input_size_for``, ``warmup``."""
 
     def __init__(self, *, delay: float = 0.0, seg: bool = False, refuse_width: int | None = None,
                  fail_infer_after: int | None = None, names: dict | None = None):
         self.meta = FakeMeta(task="segment" if seg else "detect",
                              names=dict(names) if names is not None else dict(NAMES))
         self.providers = ["FakeExecutionProvider"]
+        self.batch_size = 8
         self.delay, self.seg, self.refuse_width = delay, seg, refuse_width
         self.fail_infer_after = fail_infer_after
         self.infer_calls = 0
         self.batch_sizes: list[int] = []
+
+    def input_size_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return self.meta.imgsz  # one input size: every image may share a batch
+
+    def warmup(self) -> None:
+        pass
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         for im in images:
