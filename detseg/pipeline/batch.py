@@ -240,12 +240,13 @@ def execute(plan: PredictPlan, engine: Any, *, progress: bool = True, load_s: fl
         journal.close()
         raise
     journal.remove()
+    start_s = float(info.get("start_s", 0.0))  # connecting to / starting Ray: not images/s
     return PredictSummary(
         out=plan.out, total=len(plan.source.items), done=recorder.done, skipped=plan.skipped,
         failed=recorder.failed_items, detections=n,
         providers=providers if providers is not None else list(info.get("providers", [])),
-        batch_size=plan.batch_size, elapsed_s=elapsed,
-        load_s=load_s + float(info.get("start_s", 0.0)), settings=plan.settings,
+        batch_size=plan.batch_size, elapsed_s=elapsed - start_s, load_s=load_s + start_s,
+        settings=plan.settings,
         workers=int(info.get("actors", workers)), engine=getattr(engine, "name", "local"),
     )
 

@@ -89,14 +89,40 @@ class FakeDetector:
         return result
 
 
+@dataclass(frozen=True)
+class FakeLoader:
+    """A picklable `DetectorLoader` of `FakeDetector` (for the Ray engine's actors).
+
+    ``pid_dir``: each load writes a file named after its process id there (to find and kill
+    an actor's worker process). ``fail_infer_after``: as in `FakeDetector`, per actor.
+    """
+
+    delay: float = 0.0
+    seg: bool = False
+    fail_infer_after: int | None = None
+    pid_dir: str | None = None
+
+    def load(self, threads: int | None = None, device: str | None = None) -> FakeDetector:
+        import os
+        from pathlib import Path
+
+        if self.pid_dir is not None:
+            (Path(self.pid_dir) / str(os.getpid())).write_text(str(threads))
+        return FakeDetector(delay=self.delay, seg=self.seg,
+                            fail_infer_after=self.fail_infer_after)
+
+
 def main(argv: list[str]) -> None:
     from detseg.pipeline.batch import run_predict
 
     source, out = argv[0], argv[1]
     opts = dict(zip(argv[2::2], argv[3::2], strict=True))
-    det = FakeDetector(delay=float(opts.get("--delay", 0)))
-    run_predict(det, source, out, batch_size=int(opts.get("--batch", 1)), progress=False,
-                conf=0.0)
+    delay = float(opts.get("--delay", 0))
+    engine = opts.get("--engine", "local")
+    model = FakeLoader(delay=delay) if engine == "ray" else FakeDetector(delay=delay)
+    run_predict(model, source, out, batch_size=int(opts.get("--batch", 1)), progress=False,
+                conf=0.0, engine=engine, ray_address=opts.get("--ray-address"),
+                actors=int(opts["--actors"]) if "--actors" in opts else None)
 
 
 if __name__ == "__main__":
