@@ -185,15 +185,22 @@ def run_predict(
             raise InputError("--save-images: not available with --engine ray (the images are "
                              "read on the cluster's nodes); use the local engine")
         runner: Any = RayEngine(loader, address=ray_address, actors=actors, device=device)
-        probe = runner.describe()  # the model's metadata, read on the driver's CPU
+        runner.start()  # a wrong address fails here, before any file is touched
+        try:
+            probe = runner.describe()  # the model's metadata, read on the driver's CPU
+            plan = make_plan(loader, probe, src, out, **plan_kw)
+        except BaseException:
+            runner.stop()
+            raise
         n_workers = 0
     else:
         from detseg.pipeline.local_engine import LocalEngine
 
         probe, n_workers = _load_local(model_or_detector, loader, threads, workers)
         runner = LocalEngine(probe, n_workers)
+        plan = make_plan(model_or_detector if loader is None else loader, probe, src, out,
+                         **plan_kw)
     load_s = time.perf_counter() - t_load
-    plan = make_plan(model_or_detector if loader is None else loader, probe, src, out, **plan_kw)
     return execute(plan, runner, progress=progress, load_s=load_s, workers=n_workers,
                    providers=list(probe.providers or []) if engine == "local" else None)
 

@@ -274,6 +274,21 @@ class RayEngine:
                  actors: int | None = None, device: str = "auto"):
         _import_ray()  # a missing extra is an error before any work
         self.loader, self.address, self.actors, self.device = loader, address, actors, device
+        self._started: bool | None = None  # None: not connected by start()
+        self._start_s = 0.0
+
+    def start(self) -> None:
+        """Connect to (or start) Ray: see `connect`. Idempotent."""
+        if self._started is None:
+            t0 = time.perf_counter()
+            self._started = connect(self.address)
+            self._start_s = time.perf_counter() - t0
+
+    def stop(self) -> None:
+        """Disconnect from Ray if `start` connected (a Ray initialised by the caller stays)."""
+        if self._started:
+            _import_ray().shutdown()
+        self._started = None
 
     def describe(self) -> BatchDetector:
         """The detector loaded on the driver's CPU, for its metadata (names, family, batch)."""
@@ -282,10 +297,9 @@ class RayEngine:
     def run(self, plan: PredictPlan, recorder: Recorder) -> dict:
         """Run ``plan.todo`` on Ray; returns ``{"actors", "providers", "start_s"}``."""
         ray = _import_ray()
-        t0 = time.perf_counter()
-        started = connect(self.address)
+        self.start()
+        start_s = self._start_s
         try:
-            start_s = time.perf_counter() - t0
             if not plan.todo:
                 return {"actors": 0, "providers": [], "start_s": start_s}
             size = self._size(ray)
@@ -299,8 +313,7 @@ class RayEngine:
             return {"actors": size.actors, "providers": self._providers(size),
                     "start_s": start_s}
         finally:
-            if started:
-                ray.shutdown()
+            self.stop()
 
     def _size(self, ray: Any) -> ActorSize:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
