@@ -264,6 +264,19 @@ class DetectorActor:
                 "fatal": np.array([""] * n, dtype=object)}
 
 
+def _bound_actor(loader: DetectorLoader, threads: int, settings: dict,
+                 categories: dict[int, int] | None) -> type:
+    """`DetectorActor` with its arguments bound in the class itself: shipped with the class
+    definition, so a restarted actor never depends on constructor arguments kept in Ray's
+    object store (which Ray warns about on every run)."""
+
+    class BoundDetectorActor(DetectorActor):
+        def __init__(self) -> None:
+            super().__init__(loader, threads, settings, categories)
+
+    return BoundDetectorActor
+
+
 # ---- the engine -----------------------------------------------------------------------------
 class RayEngine:
     """Runs a plan on Ray Data: read tasks, then a pool of `DetectorActor`."""
@@ -331,16 +344,19 @@ class RayEngine:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        import pyarrow as pa  # installed with ray[data]
+
         bs = plan.batch_size
-        rows = [{"i": i, "key": json.dumps(it.key), "path": str(it.path)}
-                for i, it in enumerate(plan.todo)]
-        blocks = max(1, math.ceil(len(rows) / (bs * _ROWS_PER_BLOCK_BATCHES)))
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        step = bs * _ROWS_PER_BLOCK_BATCHES
+        # Arrow columns, one small table per block: no Python dict per image on the driver.
+        tables = [pa.table({"i": pa.array(range(o, min(o + step, len(plan.todo))), pa.int64()),
+                            "key": [json.dumps(it.key) for it in plan.todo[o:o + step]],
+                            "path": [str(it.path) for it in plan.todo[o:o + step]]})
+                  for o in range(0, len(plan.todo), step)]
+        ds = ray.data.from_arrow(tables)
         ds = ds.map_batches(_read_batch, batch_size=bs, num_cpus=READ_CPUS)
         return ds.map_batches(
-            DetectorActor,
-            fn_constructor_kwargs=dict(loader=self.loader, threads=size.threads,
-                                       settings=plan.settings, categories=plan.categories),
+            _bound_actor(self.loader, size.threads, plan.settings, plan.categories),
             compute=ActorPoolStrategy(size=size.actors),
             batch_size=bs, num_cpus=size.num_cpus, num_gpus=size.num_gpus,
         )

@@ -37,13 +37,15 @@ class FakeDetector:
     transforms)``, ``infer``, ``postprocess``, ``input_size_for``, ``warmup``."""
 
     def __init__(self, *, delay: float = 0.0, seg: bool = False, refuse_width: int | None = None,
-                 fail_infer_after: int | None = None, names: dict | None = None):
+                 fail_infer_after: int | None = None, names: dict | None = None,
+                 records: int | None = None):
         self.meta = FakeMeta(task="segment" if seg else "detect",
                              names=dict(names) if names is not None else dict(NAMES))
         self.providers = ["FakeExecutionProvider"]
         self.batch_size = 8
         self.delay, self.seg, self.refuse_width = delay, seg, refuse_width
         self.fail_infer_after = fail_infer_after
+        self.records = records  # detections per image (default: 1-4, from the image)
         self.infer_calls = 0
         self.batch_sizes: list[int] = []
 
@@ -73,7 +75,7 @@ class FakeDetector:
         result = []
         for mean2, (h, w) in zip(outputs, transforms, strict=True):
             mean = mean2 / 2.0
-            n = int(mean.sum()) % 4 + 1
+            n = self.records or int(mean.sum()) % 4 + 1
             k = np.arange(n, dtype=np.float32)
             boxes = np.stack([k, k, w / 2 + k, h / 2 + k], axis=1)
             scores = np.clip(0.9 - 0.2 * k + (mean[0] % 7) / 100, 0, 1).astype(np.float32)
@@ -101,6 +103,7 @@ class FakeLoader:
     seg: bool = False
     fail_infer_after: int | None = None
     pid_dir: str | None = None
+    records: int | None = None
 
     def load(self, threads: int | None = None, device: str | None = None) -> FakeDetector:
         import os
@@ -109,7 +112,7 @@ class FakeLoader:
         if self.pid_dir is not None:
             (Path(self.pid_dir) / str(os.getpid())).write_text(str(threads))
         return FakeDetector(delay=self.delay, seg=self.seg,
-                            fail_infer_after=self.fail_infer_after)
+                            fail_infer_after=self.fail_infer_after, records=self.records)
 
 
 def main(argv: list[str]) -> None:
