@@ -47,7 +47,7 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: threads in this process. ray: Ray Data actors, one model each, on a local Ray or a cluster (needs the ray extra); same results, journal and resume."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: the cluster (host:port, ray://host:port, auto, local); default RAY_ADDRESS, else a running local cluster, else a new local Ray."),
-    actors: int | None = typer.Option(None, "--actors", help="With --engine ray: model actors (default one per GPU with --device cuda, else one per 2 CPUs)."),
+    actors: int | None = typer.Option(None, "--actors", help="With --engine ray: model actors (default one per GPU with --device cuda, else one per 2 CPUs, at least 2)."),
 ) -> None:
     """Run a detector over images and write COCO results; resumable, bad images skipped."""
     from detseg.errors import InputError

@@ -148,7 +148,7 @@ def run_predict(
             ``"auto"``, ``"local"``); None: a Ray already initialised in this process, else
             ``RAY_ADDRESS``, else a running local cluster, else a new local Ray.
         actors: Ray engine: detector actors (default: one per GPU with ``device="cuda"``,
-            else one per 2 CPUs of the cluster).
+            else one per 2 CPUs of the cluster, at least 2).
 
     Returns:
         A `PredictSummary`. Bad images are listed in ``failed``; they never abort the run.

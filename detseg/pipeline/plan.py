@@ -282,16 +282,16 @@ def preprocess_apart(detector: BatchDetector, images: Sequence[np.ndarray]
 
 class Recorder:
     """The driver's side of a run: journals finished images, reports failed ones, shows
-    progress. Engines call `done` and `failed` (from any one thread at a time per method;
-    `failed` may come from another thread than `done`). An image reported twice (a Ray task
-    retried after a worker died) is kept once."""
+    progress. Engines call `record` and `fail` (each from one thread at a time; `fail` may
+    come from another thread than `record`). An image reported twice (a Ray task retried
+    after a worker died) is kept once."""
 
     def __init__(self, plan: PredictPlan, progress: bool = True,
                  warn: Callable[[str], None] | None = None):
         self.plan, self.journal = plan, plan.journal
         self.failed_items: list[Failure] = []
         self.done = 0
-        self._seen: set = set()
+        self._failed_keys: set = set()  # (journaled keys are the journal's own index)
         self._lock = threading.Lock()
         self.bar = None
         if progress:
@@ -312,10 +312,8 @@ class Recorder:
     def record(self, item: SourceItem, records: bytes) -> bool:
         """Journal one finished image (records encoded by `journal.records_json`); False when
         it was already recorded in this run."""
-        with self._lock:
-            if item.key in self._seen:
-                return False
-            self._seen.add(item.key)
+        if item.key in self.journal:  # only this run's images are run: a repeat of this run
+            return False
         self.journal.append_json(item.key, records)
         self.done += 1
         self._tick()
@@ -326,9 +324,9 @@ class Recorder:
         prefix = f"{item.path}: "
         reason = reason[len(prefix):] if reason.startswith(prefix) else reason
         with self._lock:
-            if item.key in self._seen:
+            if item.key in self._failed_keys:
                 return
-            self._seen.add(item.key)
+            self._failed_keys.add(item.key)
             self.failed_items.append(Failure(item.path, reason))
         self.warn(f"warning: skipped {item.path}: {reason}")
         self._tick()

@@ -90,7 +90,9 @@ def size_actors(node_cpus: list[float], actors: int | None = None, gpus: float =
 
     Args:
         node_cpus: CPUs of each alive node.
-        actors: wanted actors; None: one per GPU with ``cuda``, else one per 2 CPUs.
+        actors: wanted actors; None: one per GPU with ``cuda``, else one per 2 CPUs and at
+            least 2 (on a CPU, two single-thread sessions beat one with both cores on small
+            models: bench/bench_ray.py, bench/bench_predict.py).
         gpus: GPUs in the cluster.
 
     Raises:
@@ -99,7 +101,7 @@ def size_actors(node_cpus: list[float], actors: int | None = None, gpus: float =
     cpus = [float(c) for c in node_cpus if c > 0]
     total = sum(cpus)
     if actors is None:
-        actors = max(1, int(gpus)) if cuda else max(1, int(total // 2))
+        actors = max(1, int(gpus)) if cuda else max(1, min(int(total), max(2, int(total // 2))))
     if cuda and gpus < actors:
         raise EngineError(f"--actors {actors} with --device cuda needs {actors} GPUs; the Ray "
                           f"cluster has {gpus:g}")
@@ -200,7 +202,8 @@ def connect(address: str | None) -> bool:
     if not address.startswith("ray://"):
         _check_gcs(ray, address)
     try:
-        ray.init(address=address, **kw)
+        # Ray Client (ray://) takes no local-node options
+        ray.init(address=address, **({} if address.startswith("ray://") else kw))
     except Exception as exc:  # noqa: BLE001 - one line, whatever Ray raises
         raise EngineError(f"--ray-address {address}: cannot connect ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
