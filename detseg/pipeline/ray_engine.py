@@ -350,7 +350,9 @@ class RayEngine:
         import pyarrow as pa  # installed with ray[data]
 
         bs = plan.batch_size
-        step = bs * _ROWS_PER_BLOCK_BATCHES
+        # blocks of a few batches, but enough blocks that every actor gets work
+        step = max(1, min(bs * _ROWS_PER_BLOCK_BATCHES,
+                          math.ceil(len(plan.todo) / (2 * size.actors))))
         # Arrow columns, one small table per block: no Python dict per image on the driver.
         tables = [pa.table({"i": pa.array(range(o, min(o + step, len(plan.todo))), pa.int64()),
                             "key": [json.dumps(it.key) for it in plan.todo[o:o + step]],

@@ -154,6 +154,7 @@ def test_bad_images_same_reasons_as_local(local_ray, folder: Path, tmp_path: Pat
     assert _records(tmp_path / "ray.json") == _records(tmp_path / "local.json")
 
 
+@pytest.mark.slow
 def test_resume_across_engines(local_ray, folder: Path, tmp_path: Path) -> None:
     """A run stopped under one engine resumes under the other: nothing lost or duplicated."""
     ref = _reference(folder)
@@ -177,6 +178,7 @@ def test_resume_across_engines(local_ray, folder: Path, tmp_path: Path) -> None:
     assert _records(out) == ref
 
 
+@pytest.mark.slow
 def test_killed_actor_process_every_image_once(local_ray, folder: Path, tmp_path: Path) -> None:
     """SIGKILL to an actor's worker process mid-run: Ray restarts it, the run completes, every
     image is in the results exactly once."""
@@ -210,6 +212,7 @@ def _fake_cli(folder: Path, out: Path, *extra: str) -> subprocess.Popen:
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_journal_and_local_resumes(local_ray, folder: Path,
                                                     tmp_path: Path) -> None:
     out = tmp_path / "c.json"
