@@ -359,11 +359,11 @@ class RayEngine:
                             "path": [str(it.path) for it in plan.todo[o:o + step]]})
                   for o in range(0, len(plan.todo), step)]
         ds = ray.data.from_arrow(tables)
-        ds = ds.map_batches(_read_batch, batch_size=bs, num_cpus=READ_CPUS)
+        ds = ds.map_batches(_read_batch, batch_size=None, num_cpus=READ_CPUS)  # block by block
         return ds.map_batches(
             _bound_actor(self.loader, size.threads, plan.settings, plan.categories),
             compute=ActorPoolStrategy(size=size.actors),
-            batch_size=bs, num_cpus=size.num_cpus, num_gpus=size.num_gpus,
+            batch_size=min(bs, step), num_cpus=size.num_cpus, num_gpus=size.num_gpus,
         )
 
     def _drain(self, ray: Any, ds: Any, plan: PredictPlan, recorder: Recorder) -> None:
