@@ -21,3 +21,11 @@ class ModelError(DetsegError):
 
 class DownloadError(DetsegError):
     """A model file that could not be fetched, or failed its checksum."""
+
+
+class OutputError(DetsegError):
+    """A file detseg must write could not be written (disk full, permissions)."""
+
+
+class EngineError(DetsegError):
+    """A distributed engine that is not installed, cannot be reached, or failed."""

@@ -75,6 +75,9 @@ def eval_main(
     pred_out: Path | None = typer.Option(None, "--pred-out", help="With --model: keep the predictions here (default: a temporary file)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary lines."),
     protocol: Protocol = typer.Option(Protocol.coco, "--protocol", help="coco (pycocotools' COCOeval) or lvis (the lvis package's LVISEval: federated labels, 300 detections per image, APr/APc/APf)."),
+    engine: str = typer.Option("local", "--engine", help="With --model: local, or ray (predict on Ray Data actors, evaluate here; see detseg predict --help)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: the Ray cluster (default: RAY_ADDRESS, a running local cluster, or a new local Ray)."),
+    actors: int | None = typer.Option(None, "--actors", help="With --engine ray: model actors."),
 ) -> None:
     """Evaluate detections: `detseg eval --gt GT.json --pred RESULTS.json`."""
     if ctx.invoked_subcommand is not None:
@@ -100,7 +103,8 @@ def eval_main(
         gt = gt or data
         with tempfile.TemporaryDirectory(prefix="detseg-eval-") as tmp:
             pred = pred_out or Path(tmp) / "predictions.json"
-            _predict(model, data, pred, head, device, images, quiet)
+            _predict(model, data, pred, head, device, images, quiet,
+                     dict(engine=engine, ray_address=ray_address, actors=actors))
             _evaluate(gt, pred, iou_type.value, json_out, out, iou, score, iou_thrs, max_dets, quiet,
                       gallery=None if no_gallery else gallery, images=images)
         return
@@ -112,12 +116,12 @@ def eval_main(
 
 
 def _predict(model: str | None, data: Path, out: Path, head: str | None, device: str,
-             images: Path | None, quiet: bool) -> None:
+             images: Path | None, quiet: bool, engine_kw: dict | None = None) -> None:
     from detseg.pipeline.batch import run_predict  # onnxruntime only when a model runs
     from detseg.weights.onnx_models import detector_onnx
 
     summary = run_predict(detector_onnx(model), data, out, head=head, device=device, preset="coco-eval",
-                          images_dir=images, progress=not quiet, resume=False)
+                          images_dir=images, progress=not quiet, resume=False, **(engine_kw or {}))
     print(summary.format(), file=sys.stderr)
 
 

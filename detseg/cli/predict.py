@@ -23,6 +23,11 @@ class Preset(str, Enum):
     coco_eval = "coco-eval"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def predict(
     # One list, so that MODEL can be left out: one value means SOURCE alone.
     inputs: list[str] = typer.Argument(..., metavar="[MODEL] SOURCE", show_default=False, help="MODEL (optional; default: the embedded shapes YOLOv8n-seg): an ONNX file (Ultralytics export, or YOLOX with --head yolox), a registry name such as yolov8n (downloaded and exported once; needs the export extra) or a .pt checkpoint. SOURCE: an image, a folder (recursive), a glob such as 'data/**/*.jpg', or a COCO instances .json."),
@@ -40,6 +45,9 @@ def predict(
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default onnxruntime's)."),
     workers: int | None = typer.Option(None, "--workers", help="Batches run through the model at once (default: 2 on a multi-core CPU when --threads is not given, else 1); each gets cpu_count/N threads unless --threads is given."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local: threads in this process. ray: Ray Data actors, one model each, on a local Ray or a cluster (needs the ray extra); same results, journal and resume."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: the cluster (host:port, ray://host:port, auto, local); default RAY_ADDRESS, else a running local cluster, else a new local Ray."),
+    actors: int | None = typer.Option(None, "--actors", help="With --engine ray: model actors (default one per GPU with --device cuda, else one per 2 CPUs, at least 2)."),
 ) -> None:
     """Run a detector over images and write COCO results; resumable, bad images skipped."""
     from detseg.errors import InputError
@@ -58,6 +66,7 @@ def predict(
         conf=conf, iou=iou, max_det=max_det, preset=preset.value if preset else None,
         batch_size=batch, images_dir=images, save_images_dir=save_images,
         resume=not no_resume, progress=not quiet, threads=threads, workers=workers,
+        engine=engine.value, ray_address=ray_address, actors=actors,
     )
     print(summary.format())
     if summary.failed:

@@ -309,10 +309,29 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def write_results(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
-    """Write COCO results records (a JSON list) atomically; returns how many were written."""
-    records = list(records)
-    write_json_atomic(path, records)
-    return len(records)
+    """Write COCO results records (a JSON list) atomically; returns how many were written.
+
+    The records are streamed, one at a time, so a generator keeps memory flat on runs of
+    millions of images; the bytes are those `json.dump` writes for the same list.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    n = 0
+    try:
+        follow_umask(fd)  # mkstemp makes it 0600; the results are the user's ordinary files
+        with os.fdopen(fd, "w") as f:
+            f.write("[")
+            for rec in records:
+                f.write(", " if n else "")
+                f.write(json.dumps(rec))
+                n += 1
+            f.write("]")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
 
 
 # ---- results: the one conversion from Detections ----------------------------------------

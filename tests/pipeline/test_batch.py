@@ -288,3 +288,123 @@ def test_batches_group_images_by_input_size(folder: Path, tmp_path: Path) -> Non
     assert sum(det.batch_sizes) == N_IMAGES and max(det.batch_sizes) == 3
     assert len({k for keys in det.batch_keys for k in keys}) == 2  # both groups were seen
     assert _canon(_records(out)) == _canon(_expected(folder))
+
+
+# ---- disk full ------------------------------------------------------------------------------
+def _disk_full_after(monkeypatch, n_writes: int) -> None:
+    """Journal writes fail with ENOSPC after ``n_writes`` (the header is the first); the
+    failing write gets half its bytes onto the disk first, as a real full disk may."""
+    import errno
+
+    from detseg.pipeline import journal as journal_mod
+
+    real = journal_mod._os_write
+    calls = {"n": 0}
+
+    def write(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] > n_writes:
+            if len(data) > 1:
+                real(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(journal_mod, "_os_write", write)
+
+
+def test_disk_full_in_the_journal_is_one_line_and_resumes(folder: Path, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    from detseg.errors import OutputError
+
+    out = tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        _disk_full_after(m, 1 + 5)
+        with pytest.raises(OutputError) as info:
+            run_predict(FakeDetector(), folder, out, batch_size=2, progress=False, conf=0.0)
+    msg = str(info.value)
+    assert "\n" not in msg and "No space left on device" in msg and "resume" in msg
+    assert "5 images finished so far" in msg and not out.exists()
+    summary = run_predict(FakeDetector(), folder, out, batch_size=2, progress=False, conf=0.0)
+    assert summary.skipped == 5 and summary.done == N_IMAGES - 5  # the torn 6th line ran again
+    assert _records(out) == _expected(folder)
+
+
+def test_disk_full_at_the_final_write_keeps_the_journal(folder: Path, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    import errno
+
+    from detseg.errors import OutputError
+    from detseg.pipeline import batch
+
+    def full(path, records):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        m.setattr(batch, "write_results", full)
+        with pytest.raises(OutputError, match=f"all {N_IMAGES} finished images are kept"):
+            run_predict(FakeDetector(), folder, out, progress=False, conf=0.0)
+    assert journal_path_for(out).exists() and not out.exists()
+    summary = run_predict(FakeDetector(), folder, out, progress=False, conf=0.0)
+    assert summary.skipped == N_IMAGES and summary.done == 0
+    assert _records(out) == _expected(folder)
+
+
+def test_cli_disk_full_prints_one_line(yolox_nano: Path, coco11: Path, tmp_path: Path,
+                                       monkeypatch, capsys) -> None:
+    """`detseg predict` on a full disk: one `detseg: error:` line (no traceback), exit 2; the
+    same command resumes once there is space."""
+    from detseg.cli import main
+
+    out = tmp_path / "yolox.json"
+    argv = ["detseg", "predict", str(yolox_nano), str(coco11.parent / "images"), "--head",
+            "yolox", "--out", str(out), "-q"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with monkeypatch.context() as m:
+        _disk_full_after(m, 1 + 3)
+        with pytest.raises(SystemExit) as info:
+            main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("detseg: error: ") and "Traceback" not in err
+    assert "No space left on device" in err
+    main()  # returns: exit status 0
+    assert "3 resumed from the journal" in capsys.readouterr().out
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path):
+    """A real 64 KiB tmpfs (needs root and mount rights; skipped elsewhere)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[:100]}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_really_full_disk_one_line_then_resume(yolox_nano: Path, coco11: Path, tmp_path: Path,
+                                               tiny_disk: Path) -> None:
+    """11 COCO images of YOLOX records (~80 KB of journal) on a 64 KiB disk: one error line;
+    once the disk is grown the same command finishes with the uninterrupted run's records."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "detseg", "predict", str(yolox_nano), str(coco11.parent / "images"),
+           "--head", "yolox", "--conf", "0.001", "--iou", "0.65", "--max-det", "100", "-q",
+           "--out"]
+    full = subprocess.run([*cmd, str(tiny_disk / "out.json")], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    assert full.returncode == 2, full.stderr[-2000:]
+    assert full.stderr.count("\n") == 1 and "No space left on device" in full.stderr
+    assert journal_path_for(tiny_disk / "out.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=2m", str(tiny_disk)], check=True)
+    again = subprocess.run([*cmd, str(tiny_disk / "out.json")], env=env, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from the journal, 0 failed" in again.stdout
+    assert " 0 resumed" not in again.stdout
+    ref = subprocess.run([*cmd, str(tmp_path / "ref.json")], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    assert ref.returncode == 0
+    assert _records(tiny_disk / "out.json") == _records(tmp_path / "ref.json")
