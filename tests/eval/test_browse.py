@@ -10,8 +10,8 @@ from detseg.errors import InputError
 from detseg.eval import browse, evaluate
 from detseg.eval.analysis import prf_at
 from detseg.eval.error_analysis import tide_errors
-from tests.eval.synthetic import make_problem
 from tests.eval.reference import pycoco_eval
+from tests.eval.synthetic import make_problem
 
 
 @pytest.fixture(scope="module")
