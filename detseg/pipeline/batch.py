@@ -81,7 +81,9 @@ class PredictSummary:
             f"{len(self.failed)} failed)",
             f"detections: {self.detections} written to {self.out}",
             f"settings: conf {self.settings.get('conf')}, iou {self.settings.get('iou')}, "
-            f"max_det {self.settings.get('max_det')}, batch {self.batch_size}, "
+            f"max_det {self.settings.get('max_det')}, "
+            f"{'class-agnostic NMS, ' if self.settings.get('agnostic_nms') else ''}"
+            f"batch {self.batch_size}, "
             f"workers {self.workers}",
             f"providers: {', '.join(self.providers) or 'unknown'}",
             f"speed: {self.images_per_s:.1f} images/s ({self.elapsed_s:.2f} s run, "
@@ -267,8 +269,9 @@ class _Runner:
     def _write(self) -> None:
         s = self.settings
         while (batch := self._get(self.q_post)) is not _END:
+            extra = {"agnostic": True} if s.get("agnostic_nms") else {}
             dets = self.detector.postprocess(batch.outputs, batch.transforms, s["conf"], s["iou"],
-                                             s["max_det"])
+                                             s["max_det"], **extra)
             for i, (item, det) in enumerate(zip(batch.items, dets, strict=True)):
                 self.journal.append(item.key, self.encode(item, det))
                 self.done += 1
@@ -328,6 +331,7 @@ def run_predict(
     preset: str | None = None,
     threads: int | None = None,
     workers: int | None = None,
+    agnostic_nms: bool = False,
 ) -> PredictSummary:
     """Run a detector over SOURCE and write a COCO results JSON to ``out``.
 
@@ -348,6 +352,7 @@ def run_predict(
             same settings; False starts over.
         progress: show a progress bar and warnings on stderr.
         preset: ``"coco-eval"``: conf 0.001, max_det 100, IoU 0.65 (YOLOX) or 0.7.
+        agnostic_nms: class-agnostic NMS (boxes of different classes suppress each other).
         threads: onnxruntime intra-op threads of a model loaded here (None: onnxruntime's
             default, or ``cpu_count // workers`` when ``workers`` > 1 or automatic).
         workers: batches run through the model at the same time (results do not depend on
@@ -390,7 +395,8 @@ def run_predict(
             "CPUExecutionProvider")
         workers = 2 if auto_workers and on_cpu else 1
     names = dict(getattr(detector.meta, "names", None) or {})
-    settings = resolve_settings(preset, model_family(detector), conf, iou, max_det)
+    settings = resolve_settings(preset, model_family(detector), conf, iou, max_det,
+                                agnostic_nms=agnostic_nms)
     cats = category_map(names, src.dataset)
     bs = int(batch_size or getattr(detector, "batch_size", None) or DEFAULT_BATCH_SIZE)
 

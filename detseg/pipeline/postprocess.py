@@ -3,8 +3,9 @@
 Semantics follow Ultralytics' ``non_max_suppression`` with ``multi_label=False``:
 each candidate keeps its best class only; candidates whose best class score is not above
 ``conf`` are dropped; at most ``max_nms`` highest-scoring candidates enter NMS; NMS is greedy
-and per class (a box only suppresses boxes of its own class) with suppression when
-``IoU > iou``; at most ``max_det`` boxes are kept, highest score first.
+and per class (a box only suppresses boxes of its own class; with ``agnostic=True`` any box,
+as Ultralytics' ``agnostic_nms`` and YOLOX's ONNX demo's ``class_agnostic``) with suppression
+when ``IoU > iou``; at most ``max_det`` boxes are kept, highest score first.
 
 Boxes are (N, 4) xyxy float arrays in any one pixel frame; IoU uses areas
 ``(x2 - x1) * (y2 - y1)`` (no +1), like torchvision.
@@ -96,8 +97,9 @@ def select(
     iou: float,
     max_det: int,
     max_nms: int = 30000,
+    agnostic: bool = False,
 ) -> Selection:
-    """Best class per candidate, confidence filter, class-aware NMS, at most ``max_det``.
+    """Best class per candidate, confidence filter, NMS, at most ``max_det``.
 
     Args:
         boxes: (N, 4) xyxy candidate boxes.
@@ -106,6 +108,8 @@ def select(
         iou: NMS IoU threshold (suppress when IoU > iou).
         max_det: maximum number of boxes kept.
         max_nms: maximum number of candidates entering NMS (highest scores first).
+        agnostic: NMS across classes (a box suppresses overlapping boxes of any class) instead
+            of per class.
     """
     n = class_scores.shape[0]
     if n == 0 or max_det <= 0:
@@ -117,7 +121,10 @@ def select(
         return _empty_selection()
     if cand.size > max_nms:
         cand = cand[np.argsort(-scores[cand], kind="stable")[:max_nms]]
-    kept = batched_nms(boxes[cand], scores[cand], class_ids[cand], iou, max_keep=max_det)
+    if agnostic:
+        kept = nms(boxes[cand], scores[cand], iou, max_keep=max_det)
+    else:
+        kept = batched_nms(boxes[cand], scores[cand], class_ids[cand], iou, max_keep=max_det)
     index = cand[kept]
     return Selection(
         index.astype(np.int64), scores[index].astype(np.float32), class_ids[index].astype(np.int64)
