@@ -44,10 +44,12 @@ def export(
     gate_images: Path = typer.Option(None, "--gate-images", help="Folder of the --gate images."),
     max_ap_drop: float = typer.Option(1.0, "--max-ap-drop", help="Largest accepted AP@[.50:.95] drop, in points."),
     head: str = typer.Option(None, "--head", help="yolox or ultralytics, for an ONNX model without Ultralytics metadata."),
+    int8_ops: str = typer.Option("conv", "--int8-ops", help="conv: quantize Conv/MatMul/Gemm only; wide: also the backbone's Sigmoid/Mul/Add/Concat/MaxPool/Resize/Split/Slice (fewer Q/DQ pairs). The head stays float either way."),
 ) -> None:
     """Export to ONNX (metadata embedded) and prove parity with PyTorch in <stem>_parity.json."""
     if quantize is not None:
-        _quantize(model, quantize, out, calib, calib_images, gate, gate_images, max_ap_drop, head)
+        _quantize(model, quantize, out, calib, calib_images, gate, gate_images, max_ap_drop, head,
+                  int8_ops)
         return
     from detseg.weights.export import export_model
 
@@ -80,18 +82,20 @@ def _read_images(paths: list[Path]) -> list:
     return [read_image(f) for f in files]
 
 
-def _quantize(model, mode, out, calib, calib_images, gate, gate_images, max_ap_drop, head) -> None:
+def _quantize(model, mode, out, calib, calib_images, gate, gate_images, max_ap_drop, head,
+              int8_ops) -> None:
     from detseg.weights.quantize import export_variant
 
     r = export_variant(model, mode, out, calib=calib, gate=gate, gate_images_dir=gate_images,
-                       head=head, max_ap_drop=max_ap_drop, calib_images=calib_images)
+                       head=head, max_ap_drop=max_ap_drop, calib_images=calib_images,
+                       int8_ops=int8_ops)
     typer.echo(f"wrote {r['variant']}")
     ci = r["ap_drop_ci"]
     ci_text = f" (95% CI {ci[0]:+.2f} to {ci[1]:+.2f})" if ci else ""
     typer.echo(
         f"gate ({r['gate_iou_type']} AP@[.50:.95], {r['images']} images): reference "
         f"{r['ap_reference']:.2f}, {mode} {r['ap_variant']:.2f}, drop {r['ap_drop']:.2f} points"
-        f"{ci_text}; speedup {r['speedup']:.2f}x model, {r['speedup_end_to_end']:.2f}x end to end")
+        f"{ci_text}; speedup {r['speedup']:.2f}x model, {r['speedup_predict']:.2f}x predict")
     for w in r["warnings"]:
         typer.echo(f"note: {w}")
     verdict = "passed" if r["passed"] else f"FAILED (drop over {r['max_ap_drop']} points)"

@@ -29,6 +29,12 @@ from detseg.errors import InputError, ModelError
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+#: ``--int8-ops wide``: the backbone's activations, adds, concatenations, pooling and resizes
+#: too (QLinearSigmoid/Mul/Add/Concat...), so that fewer Quantize/Dequantize pairs and float
+#: SiLUs sit between the integer convolutions. The head stays float either way.
+WIDE_OPS = QUANTIZED_OPS + ("Mul", "Sigmoid", "Add", "Concat", "MaxPool", "Resize", "Split",
+                            "Slice")
+OP_SETS = {"conv": QUANTIZED_OPS, "wide": WIDE_OPS}
 #: Ops that end a backbone block: a head convolution reading one of them is the head's first
 #: layer of its own (SiLU is Sigmoid + Mul in ONNX exports).
 _ACTIVATIONS = {"Mul", "Sigmoid", "Relu", "LeakyRelu", "HardSwish", "HardSigmoid", "Clip", "Silu"}
@@ -86,7 +92,12 @@ def calibration_tensors(detector, images: Sequence[np.ndarray]) -> list[np.ndarr
 
 
 def quantize_int8(
-    onnx_in: Path, onnx_out: Path, tensors: Sequence[np.ndarray], *, per_channel: bool = True
+    onnx_in: Path,
+    onnx_out: Path,
+    tensors: Sequence[np.ndarray],
+    *,
+    per_channel: bool = True,
+    ops: str = "conv",
 ) -> dict:
     """Write an INT8 (QDQ) copy of ``onnx_in`` calibrated on ``tensors``; returns what was done.
 
@@ -100,6 +111,8 @@ def quantize_int8(
         quantize_static,
     )
 
+    if ops not in OP_SETS:
+        raise InputError(f"--int8-ops: expected one of {', '.join(OP_SETS)}, found {ops!r}")
     model = onnx.load(str(onnx_in))
     excluded = head_nodes(model)
     unnamed = [n for n in model.graph.node if not n.name]
@@ -113,7 +126,7 @@ def quantize_int8(
         str(onnx_out),
         _Calibration(input_name, tensors),
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OPS),
+        op_types_to_quantize=list(OP_SETS[ops]),
         nodes_to_exclude=excluded,
         per_channel=per_channel,
         activation_type=QuantType.QUInt8,
@@ -125,7 +138,7 @@ def quantize_int8(
     return {
         "method": "onnxruntime quantize_static, QDQ, weights int8 per-channel, activations uint8, "
                   "MinMax calibration",
-        "quantized_ops": list(QUANTIZED_OPS),
+        "quantized_ops": list(OP_SETS[ops]),
         "excluded_nodes": len(excluded),
         "excluded_examples": excluded[:12],
         "calibration_images": len(tensors),
@@ -180,6 +193,7 @@ def export_variant(
     max_ap_drop: float | None = None,
     calib_images: int = 64,
     gate_size: int = 200,
+    int8_ops: str = "conv",
 ) -> dict:
     """Write ``out_dir/<stem>_<mode>.onnx`` and its gate report; return the gate dict.
 
@@ -209,7 +223,8 @@ def export_variant(
                 f"held-out set")
         gate = _shapes_split(out_dir / "gate_shapes", gate_size, GATE_SEED)
         notes.append(f"gate set: {gate_size} held-out shapes images, seed {GATE_SEED}")
-    variant = out_dir / f"{src.stem}_{mode}.onnx"
+    suffix = mode if mode == "fp16" or int8_ops == "conv" else f"{mode}_{int8_ops}"
+    variant = out_dir / f"{src.stem}_{suffix}.onnx"
     if mode == "int8":
         from detseg.pipeline.detector import Detector
 
@@ -219,7 +234,7 @@ def export_variant(
             notes.append("calibration images are the gate's images: the gate is optimistic")
         notes.append(f"calibration: {len(images)} images from {where}")
         detector = Detector.load(src, head=head, device="cpu")
-        info = quantize_int8(src, variant, calibration_tensors(detector, images))
+        info = quantize_int8(src, variant, calibration_tensors(detector, images), ops=int8_ops)
     else:
         info = convert_fp16(src, variant)
     log.info("wrote %s (%s)", variant, info["method"])
