@@ -101,15 +101,10 @@ def quantize_int8(
 ) -> dict:
     """Write an INT8 (QDQ) copy of ``onnx_in`` calibrated on ``tensors``; returns what was done.
 
-    Returns a dict with ``excluded`` (float head nodes), ``quantized_ops`` and ``calibration``.
+    The dict says how: method, quantized op types, opset, how many nodes were kept float
+    (and the first few names), calibration images.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
     if ops not in OP_SETS:
         raise InputError(f"--int8-ops: expected one of {', '.join(OP_SETS)}, found {ops!r}")
@@ -121,8 +116,53 @@ def quantize_int8(
                          "in float (re-export the model, or run onnxsim on it)")
     input_name = model.graph.input[0].name
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    source, opset = onnx_in, _opset(model)
+    if opset < MIN_QDQ_OPSET:
+        # Per-channel DequantizeLinear (its ``axis``) exists from opset 13 on; older exports
+        # (the YOLOX-Nano asset is opset 11) are converted first.
+        from onnx import version_converter
+
+        source = onnx_out.with_name(f"{onnx_out.stem}_opset{MIN_QDQ_OPSET}.tmp.onnx")
+        converted = version_converter.convert_version(model, MIN_QDQ_OPSET)
+        # The converter keeps IR version 7, under which onnxruntime rejects the ``axis`` of
+        # per-channel DequantizeLinear; IR 8 is the one that reads it.
+        converted.ir_version = max(converted.ir_version, 8)
+        onnx.save(converted, str(source))
+    try:
+        _quantize_static(source, onnx_out, input_name, tensors, excluded, per_channel, ops)
+    finally:
+        if source != onnx_in:
+            source.unlink(missing_ok=True)
+    _copy_metadata(onnx_in, onnx_out)
+    return {
+        "method": "onnxruntime quantize_static, QDQ, weights int8 per-channel, activations uint8, "
+                  "MinMax calibration",
+        "quantized_ops": list(OP_SETS[ops]),
+        "opset": max(opset, MIN_QDQ_OPSET),
+        "excluded_nodes": len(excluded),
+        "excluded_examples": excluded[:12],
+        "calibration_images": len(tensors),
+    }
+
+
+MIN_QDQ_OPSET = 13
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _quantize_static(source: Path, onnx_out: Path, input_name: str, tensors, excluded: list[str],
+                     per_channel: bool, ops: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
     quantize_static(
-        str(onnx_in),
+        str(source),
         str(onnx_out),
         _Calibration(input_name, tensors),
         quant_format=QuantFormat.QDQ,
@@ -134,15 +174,6 @@ def quantize_int8(
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
-    _copy_metadata(onnx_in, onnx_out)
-    return {
-        "method": "onnxruntime quantize_static, QDQ, weights int8 per-channel, activations uint8, "
-                  "MinMax calibration",
-        "quantized_ops": list(OP_SETS[ops]),
-        "excluded_nodes": len(excluded),
-        "excluded_examples": excluded[:12],
-        "calibration_images": len(tensors),
-    }
 
 
 def convert_fp16(onnx_in: Path, onnx_out: Path) -> dict:
