@@ -259,11 +259,12 @@ def export_variant(
     if mode == "int8":
         from detseg.pipeline.detector import Detector
 
-        images, where = _calibration_images(calib, embedded, out_dir, calib_images)
-        if calib is not None and Path(calib).resolve() in {Path(gate).resolve(),
-                                                           Path(gate).parent.resolve()}:
-            notes.append("calibration images are the gate's images: the gate is optimistic")
+        images, where, paths = _calibration_images(calib, embedded, out_dir, calib_images)
         notes.append(f"calibration: {len(images)} images from {where}")
+        shared = _overlap(paths, Path(gate), gate_images_dir)
+        if shared:
+            notes.append(f"{shared} calibration images are also gate images: the gate is "
+                         f"optimistic")
         detector = Detector.load(src, head=head, device="cpu")
         info = quantize_int8(src, variant, calibration_tensors(detector, images), ops=int8_ops)
     else:
@@ -284,8 +285,17 @@ def _shapes_split(folder: Path, n: int, seed: int) -> Path:
     return json_path
 
 
-def _calibration_images(calib, embedded: bool, out_dir: Path, n: int) -> tuple[list, str]:
-    """Up to ``n`` (H, W, 3) uint8 RGB images read by detseg's reader, and where from."""
+def _overlap(paths: list[Path], gate: Path, images_dir: Path | None) -> int:
+    """How many of ``paths`` are images of the gate set."""
+    from detseg.pipeline.sources import open_source
+
+    gate_paths = {item.path.resolve() for item in open_source(gate, images_dir)}
+    return sum(p.resolve() in gate_paths for p in paths)
+
+
+def _calibration_images(calib, embedded: bool, out_dir: Path, n: int
+                        ) -> tuple[list, str, list[Path]]:
+    """Up to ``n`` (H, W, 3) uint8 RGB images read by detseg's reader, where from, their paths."""
     from detseg.data.images import read_image
     from detseg.errors import DetsegError
     from detseg.pipeline.sources import open_source
@@ -298,14 +308,15 @@ def _calibration_images(calib, embedded: bool, out_dir: Path, n: int) -> tuple[l
                 "default has a built-in calibration set")
         calib = _shapes_split(out_dir / "calib_shapes", n, CALIB_SEED)
     n = min(max(int(n), 1), MAX_CALIB_IMAGES)
-    images = []
+    images, paths = [], []
     for item in open_source(calib):
         if len(images) >= n:
             break
         try:
             images.append(read_image(item.path))
+            paths.append(item.path)
         except DetsegError as exc:  # a bad file is reported and skipped
             log.warning("--calib: skipped %s: %s", item.path, exc)
     if not images:
         raise InputError(f"--calib {calib}: no readable image")
-    return images, str(calib)
+    return images, str(calib), paths

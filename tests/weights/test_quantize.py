@@ -115,3 +115,17 @@ def test_a_damaged_variant_fails_the_gate(small_gate: Path, tmp_path: Path):
     assert r["ap_drop_ci"][0] <= r["ap_drop"] <= r["ap_drop_ci"][1]
     assert json.loads(Path(r["path"]).read_text())["passed"] is False
     np.testing.assert_allclose(r["ap_reference"] - r["ap_variant"], r["ap_drop"], atol=0.01)
+
+
+def test_calibration_on_the_gate_images_is_flagged(coco11: Path, tmp_path: Path):
+    """Calibration images are read by detseg's reader; those that are also gate images are
+    counted (the gate report then says it is optimistic)."""
+    from detseg.weights.quantize import _calibration_images, _overlap
+
+    images, _, paths = _calibration_images(coco11.parent / "images", False, tmp_path, 5)
+    assert len(images) == 5 and all(im.dtype == np.uint8 and im.ndim == 3 for im in images)
+    assert _overlap(paths, coco11, None) == 5
+    from detseg.data.shapes import generate_shapes
+
+    other = generate_shapes(tmp_path / "s", 2, 1)
+    assert _overlap(paths, other, None) == 0
