@@ -23,7 +23,8 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1"; exit 2;;
     esac
 done
-grep -qx '/.gpuwhl/' .git/info/exclude 2>/dev/null || echo '/.gpuwhl/' >> "$(git rev-parse --git-path info/exclude)"
+exclude=$(git rev-parse --git-path info/exclude)  # keep the pieces out of git, and carried only when named
+grep -qx '/.gpuwhl/' "$exclude" 2>/dev/null || echo '/.gpuwhl/' >> "$exclude"
 PIP=${PIP:-python3 -m pip}
 ORT=$(${PYTHON:-python3} -c "import onnxruntime as o; print(o.__version__)" 2>/dev/null || echo 1.31.1)
 pkgs=("onnxruntime-gpu==$ORT" pycocotools ultralytics ultralytics-thop pooch platformdirs coloredlogs humanfriendly)
