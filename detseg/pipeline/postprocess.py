@@ -57,6 +57,8 @@ def nms(
     """
     boxes = np.asarray(boxes, np.float64)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, j]) for j in range(4))
+    areas = (x2 - x1) * (y2 - y1)
     keep: list[int] = []
     limit = len(order) if max_keep is None else max_keep
     while order.size and len(keep) < limit:
@@ -65,7 +67,13 @@ def nms(
         rest = order[1:]
         if not rest.size:
             break
-        order = rest[iou_one_to_many(boxes[i], boxes[rest]) <= iou]
+        # `iou_one_to_many`, with the coordinates and areas split out once for all rounds.
+        inter = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        inter *= np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        union = areas[i] + areas[rest] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlap = np.where(union > 0, inter / union, 0.0)
+        order = rest[overlap <= iou]
     return np.asarray(keep, np.int64)
 
 
@@ -78,16 +86,24 @@ def batched_nms(
 ) -> np.ndarray:
     """Class-aware NMS: boxes of different classes never suppress each other.
 
-    Shifts each class to its own region of the plane (an offset larger than the extent of all
-    boxes, in float64 so no precision is lost) and runs one `nms`. Returns kept indices, best
-    first.
+    One `nms` per class (each compares a box only with its own class's candidates, so a round
+    costs the class's share of the candidates, not all of them), then the kept boxes of all
+    classes best first (ties in input order) and the first ``max_keep``: the same boxes, in
+    the same order, as one NMS over classes shifted apart in the plane (torchvision's
+    ``batched_nms``, Ultralytics' class offset).
     """
     boxes = np.asarray(boxes, np.float64)
     if boxes.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    extent = float(boxes.max() - boxes.min()) + 1.0
-    shifted = boxes + (np.asarray(class_ids, np.float64) * extent)[:, None]
-    return nms(shifted, scores, iou, max_keep)
+    class_ids = np.asarray(class_ids)
+    scores = np.asarray(scores, np.float64)
+    kept = []
+    for c in np.unique(class_ids):
+        members = np.flatnonzero(class_ids == c)
+        kept.append(members[nms(boxes[members], scores[members], iou, max_keep)])
+    index = np.concatenate(kept)
+    index = index[np.lexsort((index, -scores[index]))]
+    return index if max_keep is None else index[:max_keep]
 
 
 def select(
