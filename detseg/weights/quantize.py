@@ -254,6 +254,9 @@ def export_variant(
                 f"held-out set")
         gate = _shapes_split(out_dir / "gate_shapes", gate_size, GATE_SEED)
         notes.append(f"gate set: {gate_size} held-out shapes images, seed {GATE_SEED}")
+    elif not Path(gate).is_file():
+        raise InputError(f"--gate {gate}: no such file; expected a COCO instances .json of "
+                         f"held-out images")
     suffix = mode if mode == "fp16" or int8_ops == "conv" else f"{mode}_{int8_ops}"
     variant = out_dir / f"{src.stem}_{suffix}.onnx"
     if mode == "int8":

@@ -45,9 +45,13 @@ def test_head_nodes_of_yolox(yolox_nano: Path):
 def test_other_models_need_gate_and_calibration_data(yolox_nano: Path, tmp_path: Path):
     with pytest.raises(InputError, match="--gate: a COCO-format ground truth"):
         export_variant(yolox_nano, "int8", tmp_path, head="yolox")
-    with pytest.raises(InputError, match="--calib: INT8 needs calibration images"):
+    with pytest.raises(InputError, match="no such file; expected a COCO instances"):
         export_variant(yolox_nano, "int8", tmp_path, head="yolox",
                        gate=tmp_path / "instances.json")
+    gate = tmp_path / "gt.json"
+    gate.write_text("{}")
+    with pytest.raises(InputError, match="--calib: INT8 needs calibration images"):
+        export_variant(yolox_nano, "int8", tmp_path, head="yolox", gate=gate)
     with pytest.raises(InputError, match="--quantize: expected one of int8, fp16"):
         export_variant(yolox_nano, "int4", tmp_path)
 
