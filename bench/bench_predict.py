@@ -268,20 +268,23 @@ def eval_rows(args, batches: list[int], tmp: Path, coco_paths: list[Path],
           f"model, settings {seg_settings}; YOLOX-Nano on the COCO images, "
           f"{resolve_settings('coco-eval', 'yolox')}")
     ultra = None
-    if not args.no_ultralytics:
+    if not args.no_ultralytics and "seg" in args.eval_models:
         os.environ.setdefault("YOLO_AUTOINSTALL", "false")
         os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "yolo_config"))
         os.environ.setdefault("YOLO_OFFLINE", "1")
         from ultralytics import YOLO
 
         ultra = YOLO(str(seg), task="segment")
-    rows += bench_model("yolov8n-seg shapes (embedded, 320), eval settings", seg, None, shapes,
-                        shapes_folder / "images", batches, args.repeat, args.threads, ultra,
-                        seg_settings, tmp, imgsz=320)
-    yolox = ASSETS / "models" / "yolox_nano.onnx"
-    rows += bench_model("yolox_nano asset (416, fixed batch 1), eval settings", yolox, "yolox",
-                        coco_paths, coco_folder, batches, args.repeat, args.threads, None,
-                        resolve_settings("coco-eval", "yolox"), tmp)
+    wanted = set(args.eval_models.split(","))
+    if "seg" in wanted:
+        rows += bench_model("yolov8n-seg shapes (embedded, 320), eval settings", seg, None,
+                            shapes, shapes_folder / "images", batches, args.repeat, args.threads,
+                            ultra, seg_settings, tmp, imgsz=320)
+    if "yolox" in wanted:
+        yolox = ASSETS / "models" / "yolox_nano.onnx"
+        rows += bench_model("yolox_nano asset (416, fixed batch 1), eval settings", yolox,
+                            "yolox", coco_paths, coco_folder, batches, args.repeat, args.threads,
+                            None, resolve_settings("coco-eval", "yolox"), tmp)
     return rows
 
 
@@ -297,6 +300,8 @@ def main() -> None:
                          "a shapes split vs Ultralytics; YOLOX-Nano)")
     ap.add_argument("--only-eval-rows", action="store_true", help="only the --eval-rows rows")
     ap.add_argument("--shapes", type=int, default=60, help="shapes images (default 60)")
+    ap.add_argument("--eval-models", default="seg,yolox",
+                    help="which eval rows: seg, yolox or both (default seg,yolox)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     settings = {"conf": 0.25, "iou": 0.7, "max_det": 300}
