@@ -22,6 +22,13 @@ cost is that of the real model, but its freshly initialised class scores stay be
 no box reaches NMS for either contender (post-processing is light); and the YOLOX-Nano asset
 (416, fixed batch 1, real COCO weights: real detections, real NMS work).
 
+Rows with real detections at eval settings (``--eval-rows``; conf 0.001, max_det 100, the
+coco-eval preset's IoU): the embedded YOLOv8n-seg (320, trained on the synthetic shapes, masks
+for every box) on a held-out shapes split generated in the run (``--shapes`` images, seed
+20261129), against Ultralytics' predictor on the same ONNX file; and the YOLOX-Nano asset on
+the COCO images (Ultralytics cannot run YOLOX: bound only). Target: detseg w2 /
+ultralytics >= 1.5 on the seg row.
+
 The contenders' timed passes are interleaved, in an order that rotates each round,
 ``--repeat`` rounds. Printed: images/s of the
 best pass of each, and each ratio as the median over rounds of detseg / contender measured in
@@ -32,6 +39,7 @@ so it can pass that bound: "bound w2" is its own bound, two threads each running
 over half the tensors on a session with half the cores.
 
     .venv/bin/python bench/bench_predict.py [--copies 2] [--repeat 5] [--batches 1,8]
+    .venv/bin/python bench/bench_predict.py --eval-rows --only-eval-rows --batches 8
 """
 
 from __future__ import annotations
@@ -168,8 +176,16 @@ def time_detseg(detector, folder: Path, out: Path, batch: int, settings: dict,
     return s.total / wall, s.detections
 
 
+def make_shapes(folder: Path, n: int) -> list[Path]:
+    """A held-out split of the synthetic shapes (a seed the embedded model never saw)."""
+    from detseg.data.shapes import generate_shapes
+
+    generate_shapes(folder, n, 20261129)
+    return sorted((folder / "images").glob("*.jpg"))
+
+
 def time_ultralytics(model, paths: list[Path], batch: int, settings: dict,
-                     rect: bool) -> tuple[float, int]:
+                     rect: bool, imgsz: int = 640) -> tuple[float, int]:
     """``rect=True`` is Ultralytics' default: a dynamic-shape ONNX model gets each batch of
     equal-shape images letterboxed to the smallest stride multiple (640x480 for a 4:3 photo),
     not to 640x640, which is less work than detseg's square input."""
@@ -177,14 +193,14 @@ def time_ultralytics(model, paths: list[Path], batch: int, settings: dict,
     t0 = time.perf_counter()
     for r in model.predict([str(p) for p in paths], batch=batch, stream=True, verbose=False,
                            conf=settings["conf"], iou=settings["iou"], max_det=settings["max_det"],
-                           imgsz=640, device="cpu", rect=rect):
+                           imgsz=imgsz, device="cpu", rect=rect):
         n_det += len(r.boxes)
     return len(paths) / (time.perf_counter() - t0), n_det
 
 
 def bench_model(name: str, onnx: Path, head: str | None, paths: list[Path], folder: Path,
                 batches: list[int], repeat: int, threads: int | None, ultra, settings: dict,
-                tmp: Path) -> list[dict]:
+                tmp: Path, imgsz: int = 640) -> list[dict]:
     from detseg.data.images import read_image
     from detseg.pipeline.detector import Detector
 
@@ -212,15 +228,16 @@ def bench_model(name: str, onnx: Path, head: str | None, paths: list[Path], fold
             "bound_w2": partial(time_bound_parallel, session_half, tensors, len(images)),
         }
         if ultra is not None:
-            contenders["ultralytics"] = partial(time_ultralytics, ultra, paths, b, settings, True)
+            contenders["ultralytics"] = partial(time_ultralytics, ultra, paths, b, settings, True,
+                                                imgsz)
             contenders["ultralytics_square"] = partial(time_ultralytics, ultra, paths, b,
-                                                       settings, False)
+                                                       settings, False, imgsz)
         time_bound(session, tensors[:1], 1)  # warm-ups
         time_bound(session_half, tensors[:1], 1)
         detector.warmup()
         detector_w2.warmup()
         if ultra is not None:
-            ultra.predict(str(paths[0]), verbose=False, imgsz=640, device="cpu", batch=b)
+            ultra.predict(str(paths[0]), verbose=False, imgsz=imgsz, device="cpu", batch=b)
         runs: dict[str, list[float]] = {k: [] for k in contenders}
         dets: dict[str, int | None] = {}
         names = list(contenders)
@@ -236,6 +253,41 @@ def bench_model(name: str, onnx: Path, head: str | None, paths: list[Path], fold
     return rows
 
 
+def eval_rows(args, batches: list[int], tmp: Path, coco_paths: list[Path],
+              coco_folder: Path) -> list[dict]:
+    """Rows with real detections at eval settings (see the module docstring)."""
+    from detseg.pipeline.settings import resolve_settings
+    from detseg.weights.builtin import default_detector
+
+    rows = []
+    seg = default_detector()
+    shapes_folder = tmp / "shapes"
+    shapes = make_shapes(shapes_folder, args.shapes)
+    seg_settings = resolve_settings("coco-eval", "ultralytics")
+    print(f"eval rows: {len(shapes)} held-out shapes images (320x320) for the embedded seg "
+          f"model, settings {seg_settings}; YOLOX-Nano on the COCO images, "
+          f"{resolve_settings('coco-eval', 'yolox')}")
+    ultra = None
+    if not args.no_ultralytics and "seg" in args.eval_models:
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "yolo_config"))
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from ultralytics import YOLO
+
+        ultra = YOLO(str(seg), task="segment")
+    wanted = set(args.eval_models.split(","))
+    if "seg" in wanted:
+        rows += bench_model("yolov8n-seg shapes (embedded, 320), eval settings", seg, None,
+                            shapes, shapes_folder / "images", batches, args.repeat, args.threads,
+                            ultra, seg_settings, tmp, imgsz=320)
+    if "yolox" in wanted:
+        yolox = ASSETS / "models" / "yolox_nano.onnx"
+        rows += bench_model("yolox_nano asset (416, fixed batch 1), eval settings", yolox,
+                            "yolox", coco_paths, coco_folder, batches, args.repeat, args.threads,
+                            None, resolve_settings("coco-eval", "yolox"), tmp)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--copies", type=int, default=2, help="copies of the 11 images (default 2)")
@@ -243,6 +295,13 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8", help="batch sizes (default 1,8)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     ap.add_argument("--no-ultralytics", action="store_true", help="YOLOX asset only")
+    ap.add_argument("--eval-rows", action="store_true",
+                    help="add rows with real detections at eval settings (embedded seg model on "
+                         "a shapes split vs Ultralytics; YOLOX-Nano)")
+    ap.add_argument("--only-eval-rows", action="store_true", help="only the --eval-rows rows")
+    ap.add_argument("--shapes", type=int, default=60, help="shapes images (default 60)")
+    ap.add_argument("--eval-models", default="seg,yolox",
+                    help="which eval rows: seg, yolox or both (default seg,yolox)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     settings = {"conf": 0.25, "iou": 0.7, "max_det": 300}
@@ -256,7 +315,11 @@ def main() -> None:
         print(f"images: {len(paths)} ({args.copies} x 11 COCO val JPEGs); conf {settings['conf']}, "
               f"iou {settings['iou']}, max_det {settings['max_det']}; {args.repeat} rounds")
         rows = []
-        if not args.no_ultralytics:
+        if args.eval_rows or args.only_eval_rows:
+            rows += eval_rows(args, batches, tmp, paths, folder)
+        if args.only_eval_rows:
+            pass
+        elif not args.no_ultralytics:
             onnx = export_yolov8n(tmp)
             from ultralytics import YOLO
 
@@ -264,9 +327,10 @@ def main() -> None:
             rows += bench_model("yolov8n (Ultralytics export, 640, dynamic batch)", onnx, None,
                                 paths, folder, batches, args.repeat, args.threads, ultra,
                                 settings, tmp)
-        yolox = ASSETS / "models" / "yolox_nano.onnx"
-        rows += bench_model("yolox_nano asset (416, fixed batch 1)", yolox, "yolox", paths,
-                            folder, batches, args.repeat, args.threads, None, settings, tmp)
+        if not args.only_eval_rows:
+            yolox = ASSETS / "models" / "yolox_nano.onnx"
+            rows += bench_model("yolox_nano asset (416, fixed batch 1)", yolox, "yolox", paths,
+                                folder, batches, args.repeat, args.threads, None, settings, tmp)
 
     print()
     keys = ["bound", "bound_w2", "detseg", "detseg_w2", "ultralytics", "ultralytics_square"]

@@ -166,14 +166,9 @@ class Detections:
             raise InputError("Detections.masks: expected masks, found None (a detect-only model?)")
         if not isinstance(self.masks, np.ndarray):
             return list(self.masks)
-        from pycocotools import mask as mask_utils
+        from detseg.data.rle import encode_masks  # pycocotools' strings, from the masks' boxes
 
-        if len(self) == 0:
-            return []
-        encoded = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
-        for rle in encoded:
-            rle["counts"] = rle["counts"].decode("ascii")
-        return list(encoded)
+        return encode_masks(self.masks)
 
     def masks_as_array(self) -> np.ndarray:
         """Masks as an (N, H, W) bool array."""

@@ -38,6 +38,7 @@ def predict(
     iou: float | None = typer.Option(None, "--iou", help="NMS IoU threshold (default 0.45, or the preset's)."),
     max_det: int | None = typer.Option(None, "--max-det", help="Detections kept per image (default 300, or the preset's)."),
     preset: Preset | None = typer.Option(None, "--preset", help="coco-eval: conf 0.001, max-det 100, iou 0.65 (YOLOX) or 0.7 (Ultralytics); explicit options win."),
+    agnostic_nms: bool = typer.Option(False, "--agnostic-nms", help="Class-agnostic NMS: a box suppresses overlapping boxes of any class (Ultralytics' agnostic_nms, YOLOX's class_agnostic)."),
     batch: int | None = typer.Option(None, "--batch", help="Images per inference call (default 8, or the model's fixed batch)."),
     images: Path | None = typer.Option(None, "--images", help="Folder of the images of a COCO SOURCE."),
     save_images: Path | None = typer.Option(None, "--save-images", help="Also write annotated images (boxes, labels, masks) to this folder."),
@@ -67,6 +68,7 @@ def predict(
         batch_size=batch, images_dir=images, save_images_dir=save_images,
         resume=not no_resume, progress=not quiet, threads=threads, workers=workers,
         engine=engine.value, ray_address=ray_address, actors=actors,
+        agnostic_nms=agnostic_nms,
     )
     print(summary.format())
     if summary.failed:

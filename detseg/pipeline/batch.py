@@ -77,7 +77,9 @@ class PredictSummary:
             f"{len(self.failed)} failed)",
             f"detections: {self.detections} written to {self.out}",
             f"settings: conf {self.settings.get('conf')}, iou {self.settings.get('iou')}, "
-            f"max_det {self.settings.get('max_det')}, batch {self.batch_size}, "
+            f"max_det {self.settings.get('max_det')}, "
+            f"{'class-agnostic NMS, ' if self.settings.get('agnostic_nms') else ''}"
+            f"batch {self.batch_size}, "
             f"{'workers' if self.engine == 'local' else self.engine + ' actors'} {self.workers}",
             f"providers: {', '.join(self.providers) or 'unknown'}",
             f"speed: {self.images_per_s:.1f} images/s ({self.elapsed_s:.2f} s run, "
@@ -112,6 +114,7 @@ def run_predict(
     engine: str = "local",
     ray_address: str | None = None,
     actors: int | None = None,
+    agnostic_nms: bool = False,
 ) -> PredictSummary:
     """Run a detector over SOURCE and write a COCO results JSON to ``out``.
 
@@ -133,6 +136,7 @@ def run_predict(
             same settings; False starts over.
         progress: show a progress bar and warnings on stderr.
         preset: ``"coco-eval"``: conf 0.001, max_det 100, IoU 0.65 (YOLOX) or 0.7.
+        agnostic_nms: class-agnostic NMS (boxes of different classes suppress each other).
         threads: onnxruntime intra-op threads of a model loaded here (None: onnxruntime's
             default, or ``cpu_count // workers`` when ``workers`` > 1 or automatic).
         workers: batches run through the model at the same time (results do not depend on
@@ -171,7 +175,7 @@ def run_predict(
     loader = as_loader(model_or_detector, head, device)
     src = open_plan_source(source, images_dir, save_images_dir)
     plan_kw = dict(preset=preset, conf=conf, iou=iou, max_det=max_det, batch_size=batch_size,
-                   save_images_dir=save_images_dir, resume=resume)
+                   save_images_dir=save_images_dir, resume=resume, agnostic_nms=agnostic_nms)
     t_load = time.perf_counter()
     if engine == "ray":
         from detseg.pipeline.ray_engine import RayEngine

@@ -161,15 +161,19 @@ class Detector:
         conf: float = 0.25,
         iou: float = 0.45,
         max_det: int = 300,
+        agnostic_nms: bool = False,
     ) -> list[Detections]:
-        """Decode, filter, NMS and map back to original pixels: one `Detections` per image."""
+        """Decode, filter, NMS and map back to original pixels: one `Detections` per image.
+
+        ``agnostic_nms``: class-agnostic NMS (boxes of different classes suppress each other).
+        """
         _check_thresholds(conf, iou, max_det)
         pred, protos = self._split_outputs(outputs)
         if pred.shape[0] != len(transforms):
             raise InputError(f"outputs: batch of {pred.shape[0]} for {len(transforms)} transforms")
         return [
             self._postprocess_one(
-                pred[i], None if protos is None else protos[i], t, conf, iou, max_det
+                pred[i], None if protos is None else protos[i], t, conf, iou, max_det, agnostic_nms
             )
             for i, t in enumerate(transforms)
         ]
@@ -181,6 +185,7 @@ class Detector:
         conf: float = 0.25,
         iou: float = 0.45,
         max_det: int = 300,
+        agnostic_nms: bool = False,
     ) -> list[Detections]:
         """Detections for each (H, W, 3) uint8 RGB image (a list, or one array for one image).
 
@@ -199,7 +204,9 @@ class Detector:
             for start in range(0, len(index), self.batch_size):
                 chunk = index[start : start + self.batch_size]
                 tensor, transforms = self.preprocess([images[i] for i in chunk])
-                dets = self.postprocess(self.infer(tensor), transforms, conf, iou, max_det)
+                dets = self.postprocess(
+                    self.infer(tensor), transforms, conf, iou, max_det, agnostic_nms
+                )
                 for i, d in zip(chunk, dets, strict=True):
                     results[i] = d
         return results  # type: ignore[return-value]
@@ -245,6 +252,7 @@ class Detector:
         conf: float,
         iou: float,
         max_det: int,
+        agnostic: bool = False,
     ) -> Detections:
         names = self.meta.names
         if self.meta.family == "yolox":
@@ -268,7 +276,7 @@ class Detector:
                 f"{self.session.path}: the model predicts {cand.class_scores.shape[1]} classes "
                 f"but {len(names)} names are given; pass names= with one name per class"
             )
-        sel = select(cand.boxes, cand.class_scores, conf, iou, max_det)
+        sel = select(cand.boxes, cand.class_scores, conf, iou, max_det, agnostic=agnostic)
         coeffs = None if cand.coeffs is None else cand.coeffs[sel.index]
         return self._finish(cand.boxes[sel.index], sel.scores, sel.class_ids, coeffs, protos, t)
 

@@ -140,9 +140,10 @@ def process_masks(
         masks (K', H0, W0) bool and keep (K,) bool: which detections have a non-empty mask
         (Ultralytics drops the others; so must the caller).
 
-    Both resizes use torch's bilinear arithmetic (`_torch_linear_indices`), the reference's,
-    and only inside each box: a mask is zero outside its box, so the work is proportional to
-    the box areas, not to K full frames.
+    Work is proportional to the box areas, not to K full frames: a mask is zero outside its
+    box, so each one is upsampled only over its box (`_box_logits`), and resized to the
+    original image only where it can be non-zero (`_scale_block`; skipped when the letterbox
+    did not scale, as Ultralytics' ``scale_masks`` skips it).
     """
     nm, mh, mw = protos.shape
     H, W = transform.input_size
@@ -150,26 +151,24 @@ def process_masks(
     k = coeffs.shape[0]
     left, top = transform.pad
     new_h, new_w = transform.resized
-    protos = protos.astype(np.float32, copy=False)
-    coeffs = coeffs.astype(np.float32, copy=False)
+    identity = (new_h, new_w) == (h0, w0)
     up_y, up_x = _torch_linear_indices(mh, H), _torch_linear_indices(mw, W)
     down_y, down_x = _torch_linear_indices(new_h, h0), _torch_linear_indices(new_w, w0)
+    coeffs = coeffs.astype(np.float32, copy=False)
+    # Channels last, so that a box's window of prototypes is one strided block whose logits
+    # are one small product (small enough that BLAS stays on this thread: a full (K, mh*mw)
+    # product makes OpenBLAS start threads that fight the inference workers for the cores).
+    protos_hwc = np.ascontiguousarray(protos.astype(np.float32, copy=False).transpose(1, 2, 0))
     # crop_mask keeps input pixel (r, c) when y1 <= r < y2 and x1 <= c < x2.
     edges = np.ceil(boxes_input.astype(np.float64)).astype(np.int64)
+    edges[:, 0::2] = np.clip(edges[:, 0::2], 0, W)
+    edges[:, 1::2] = np.clip(edges[:, 1::2], 0, H)
     keep = np.zeros(k, bool)
     contents: list[tuple[np.ndarray, tuple[int, int]] | None] = []
-    for i in range(k):
-        r0, r1 = max(edges[i, 1], 0), min(edges[i, 3], H)
-        c0, c1 = max(edges[i, 0], 0), min(edges[i, 2], W)
+    for i, (c0, r0, c1, r1) in enumerate(edges.tolist()):
         if r0 >= r1 or c0 >= c1:
             continue
-        # Logits only on the prototype window the box's pixels read from.
-        py0, py1 = up_y[0][r0], up_y[1][r1 - 1] + 1
-        px0, px1 = up_x[0][c0], up_x[1][c1 - 1] + 1
-        window = np.tensordot(coeffs[i], protos[:, py0:py1, px0:px1], axes=1)
-        ys = _shift(up_y, (r0, r1), py0, py1 - py0)
-        xs = _shift(up_x, (c0, c1), px0, px1 - px0)
-        block = _bilinear(window, ys, xs) > 0
+        block = _box_logits(protos_hwc, coeffs[i], (r0, r1), (c0, c1), up_y, up_x) > 0
         if not block.any():
             continue
         # Ultralytics decides on the mask in input space, padding included: a mask that lies
@@ -184,9 +183,54 @@ def process_masks(
             contents.append(None)
     out = np.zeros((len(contents), h0, w0), bool)
     for j, item in enumerate(contents):
-        if item is not None:
-            _scale_block(item[0], item[1], down_y, down_x, out[j])
+        if item is None:
+            continue
+        block, (r, c) = item
+        if identity:
+            out[j, r : r + block.shape[0], c : c + block.shape[1]] = block
+        else:
+            _scale_block(block, (r, c), down_y, down_x, out[j])
     return out, keep
+
+
+def _box_logits(
+    protos_hwc: np.ndarray,
+    coeffs: np.ndarray,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    up_y: tuple,
+    up_x: tuple,
+) -> np.ndarray:
+    """Upsampled logits of input pixels ``rows`` x ``cols`` (half-open) of one mask.
+
+    ``protos_hwc`` is (mh, mw, nm) float32, ``coeffs`` (nm,) float32; returns
+    (rows, cols) float32 logits ``coeffs @ protos`` bilinearly upsampled to the input size.
+
+    Reads only the prototype window those pixels interpolate from. When the upsampling
+    factor is an integer on both axes (Ultralytics' protos are a quarter of the input), the
+    window plus a one-cell margin (clamped at the edges, as torch clamps) is resized by
+    cv2 with the same half-pixel mapping, weights that are exact in float32 and the same
+    order (along x, then y); else with `_bilinear` on torch's indices.
+    """
+    (r0, r1), (c0, c1) = rows, cols
+    mh, mw = protos_hwc.shape[:2]
+    py0, py1 = up_y[0][r0], up_y[1][r1 - 1] + 1
+    px0, px1 = up_x[0][c0], up_x[1][c1 - 1] + 1
+    sy, sx = len(up_y[0]) // mh, len(up_x[0]) // mw
+    if sy * mh == len(up_y[0]) and sx * mw == len(up_x[0]) and sy in (2, 4, 8) and sx in (2, 4, 8):
+        import cv2
+
+        wy0, wy1 = max(py0 - 1, 0), min(py1 + 1, mh)
+        wx0, wx1 = max(px0 - 1, 0), min(px1 + 1, mw)
+        window = protos_hwc[wy0:wy1, wx0:wx1] @ coeffs
+        if window.shape[0] == 1 or window.shape[1] == 1:  # cv2 needs 2 cells to interpolate
+            window = np.pad(window, ((0, window.shape[0] == 1), (0, window.shape[1] == 1)), "edge")
+        up = cv2.resize(window, None, fx=sx, fy=sy, interpolation=cv2.INTER_LINEAR)
+        return up[r0 - sy * wy0 : r1 - sy * wy0, c0 - sx * wx0 : c1 - sx * wx0]
+    window = protos_hwc[py0:py1, px0:px1] @ coeffs
+    ys = _shift(up_y, (r0, r1), py0, py1 - py0)
+    xs = _shift(up_x, (c0, c1), px0, px1 - px0)
+    return _bilinear(window, ys, xs)
 
 
 def _shift(idx: tuple, span: tuple[int, int], offset: int, size: int) -> tuple[np.ndarray, ...]:

@@ -57,8 +57,9 @@ class BatchDetector(Protocol):
         dets = postprocess(outputs, transforms, conf=..., iou=..., max_det=...)
 
     ``warmup()`` is called once after loading; ``providers`` and ``batch_size`` are read once.
-    ``postprocess`` receives the plan's settings as keyword arguments (today ``conf``, ``iou``
-    and ``max_det``; a new setting of `resolve_settings` reaches it the same way) and returns
+    ``postprocess`` receives the plan's settings as keyword arguments (``conf``, ``iou``,
+    ``max_det``, and ``agnostic_nms=True`` when asked; a new setting of `resolve_settings`
+    reaches it the same way) and returns
     one `Detections` per image, boxes xyxy in original-image pixels.
     """
 
@@ -204,6 +205,7 @@ def make_plan(
     batch_size: int | None = None,
     save_images_dir: str | Path | None = None,
     resume: bool = True,
+    agnostic_nms: bool = False,
 ) -> PredictPlan:
     """Resolve settings and categories against ``detector`` and open the journal.
 
@@ -212,7 +214,8 @@ def make_plan(
     identity and the category mapping: a resume under either engine needs all three equal.
     """
     names = dict(detector.meta.names or {})
-    settings = resolve_settings(preset, _family(detector), conf, iou, max_det)
+    settings = resolve_settings(preset, _family(detector), conf, iou, max_det,
+                                agnostic_nms=agnostic_nms)
     cats = category_map(names, src.dataset)
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"--batch: expected an integer >= 1, found {batch_size}")

@@ -3,8 +3,9 @@
 Semantics follow Ultralytics' ``non_max_suppression`` with ``multi_label=False``:
 each candidate keeps its best class only; candidates whose best class score is not above
 ``conf`` are dropped; at most ``max_nms`` highest-scoring candidates enter NMS; NMS is greedy
-and per class (a box only suppresses boxes of its own class) with suppression when
-``IoU > iou``; at most ``max_det`` boxes are kept, highest score first.
+and per class (a box only suppresses boxes of its own class; with ``agnostic=True`` any box,
+as Ultralytics' ``agnostic_nms`` and YOLOX's ONNX demo's ``class_agnostic``) with suppression
+when ``IoU > iou``; at most ``max_det`` boxes are kept, highest score first.
 
 Boxes are (N, 4) xyxy float arrays in any one pixel frame; IoU uses areas
 ``(x2 - x1) * (y2 - y1)`` (no +1), like torchvision.
@@ -56,6 +57,8 @@ def nms(
     """
     boxes = np.asarray(boxes, np.float64)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, j]) for j in range(4))
+    areas = (x2 - x1) * (y2 - y1)
     keep: list[int] = []
     limit = len(order) if max_keep is None else max_keep
     while order.size and len(keep) < limit:
@@ -64,7 +67,13 @@ def nms(
         rest = order[1:]
         if not rest.size:
             break
-        order = rest[iou_one_to_many(boxes[i], boxes[rest]) <= iou]
+        # `iou_one_to_many`, with the coordinates and areas split out once for all rounds.
+        inter = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        inter *= np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        union = areas[i] + areas[rest] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlap = np.where(union > 0, inter / union, 0.0)
+        order = rest[overlap <= iou]
     return np.asarray(keep, np.int64)
 
 
@@ -77,16 +86,24 @@ def batched_nms(
 ) -> np.ndarray:
     """Class-aware NMS: boxes of different classes never suppress each other.
 
-    Shifts each class to its own region of the plane (an offset larger than the extent of all
-    boxes, in float64 so no precision is lost) and runs one `nms`. Returns kept indices, best
-    first.
+    One `nms` per class (each compares a box only with its own class's candidates, so a round
+    costs the class's share of the candidates, not all of them), then the kept boxes of all
+    classes best first (ties in input order) and the first ``max_keep``: the same boxes, in
+    the same order, as one NMS over classes shifted apart in the plane (torchvision's
+    ``batched_nms``, Ultralytics' class offset).
     """
     boxes = np.asarray(boxes, np.float64)
     if boxes.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    extent = float(boxes.max() - boxes.min()) + 1.0
-    shifted = boxes + (np.asarray(class_ids, np.float64) * extent)[:, None]
-    return nms(shifted, scores, iou, max_keep)
+    class_ids = np.asarray(class_ids)
+    scores = np.asarray(scores, np.float64)
+    kept = []
+    for c in np.unique(class_ids):
+        members = np.flatnonzero(class_ids == c)
+        kept.append(members[nms(boxes[members], scores[members], iou, max_keep)])
+    index = np.concatenate(kept)
+    index = index[np.lexsort((index, -scores[index]))]
+    return index if max_keep is None else index[:max_keep]
 
 
 def select(
@@ -96,8 +113,9 @@ def select(
     iou: float,
     max_det: int,
     max_nms: int = 30000,
+    agnostic: bool = False,
 ) -> Selection:
-    """Best class per candidate, confidence filter, class-aware NMS, at most ``max_det``.
+    """Best class per candidate, confidence filter, NMS, at most ``max_det``.
 
     Args:
         boxes: (N, 4) xyxy candidate boxes.
@@ -106,6 +124,8 @@ def select(
         iou: NMS IoU threshold (suppress when IoU > iou).
         max_det: maximum number of boxes kept.
         max_nms: maximum number of candidates entering NMS (highest scores first).
+        agnostic: NMS across classes (a box suppresses overlapping boxes of any class) instead
+            of per class.
     """
     n = class_scores.shape[0]
     if n == 0 or max_det <= 0:
@@ -117,7 +137,10 @@ def select(
         return _empty_selection()
     if cand.size > max_nms:
         cand = cand[np.argsort(-scores[cand], kind="stable")[:max_nms]]
-    kept = batched_nms(boxes[cand], scores[cand], class_ids[cand], iou, max_keep=max_det)
+    if agnostic:
+        kept = nms(boxes[cand], scores[cand], iou, max_keep=max_det)
+    else:
+        kept = batched_nms(boxes[cand], scores[cand], class_ids[cand], iou, max_keep=max_det)
     index = cand[kept]
     return Selection(
         index.astype(np.int64), scores[index].astype(np.float32), class_ids[index].astype(np.int64)

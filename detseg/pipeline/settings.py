@@ -37,8 +37,14 @@ def resolve_settings(
     conf: float | None = None,
     iou: float | None = None,
     max_det: int | None = None,
-) -> dict[str, float | int]:
-    """Thresholds of a run: explicit values win, then the preset's, then `DEFAULTS`."""
+    agnostic_nms: bool = False,
+) -> dict[str, float | int | bool]:
+    """Thresholds of a run: explicit values win, then the preset's, then `DEFAULTS`.
+
+    ``agnostic_nms`` adds ``"agnostic_nms": True`` (class-agnostic NMS); it is left out when
+    False, so that the settings of a class-aware run (and the resume journals that hold them)
+    stay as they were.
+    """
     base: dict[str, Any] = dict(DEFAULTS)
     if preset is not None:
         if preset not in PRESETS:
@@ -54,7 +60,12 @@ def resolve_settings(
         raise InputError(f"--iou: expected a value in (0, 1], found {base['iou']}")
     if int(base["max_det"]) < 1:
         raise InputError(f"--max-det: expected an integer >= 1, found {base['max_det']}")
-    return {"conf": float(base["conf"]), "iou": float(base["iou"]), "max_det": int(base["max_det"])}
+    out: dict[str, float | int | bool] = {
+        "conf": float(base["conf"]), "iou": float(base["iou"]), "max_det": int(base["max_det"])
+    }
+    if agnostic_nms:
+        out["agnostic_nms"] = True
+    return out
 
 
 def category_map(names: Mapping[int, str], dataset: CocoDataset | None) -> dict[int, int] | None:

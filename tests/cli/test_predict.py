@@ -132,3 +132,35 @@ def test_no_model_uses_the_embedded_default_on_a_held_out_shapes_split(tmp_path:
             stats[iou_type] = float(ev.stats[0])
     # The model card measures 0.71 / 0.71 on 300 images of seed 3; 24 images vary more.
     assert stats["bbox"] >= 0.5 and stats["segm"] >= 0.5, stats
+
+
+def test_agnostic_nms_option(acceptance_run, yolox_nano: Path, coco11: Path, tmp_path: Path) -> None:
+    """`--agnostic-nms`: no two kept boxes of an image overlap by more than --iou whatever
+    their classes (class-aware NMS, the default run, keeps such pairs), and it says so."""
+    import numpy as np
+
+    from detseg.pipeline.postprocess import iou_one_to_many
+
+    proc = _detseg(yolox_nano, coco11, *ACCEPTANCE, "--agnostic-nms", "--out", "a.json",
+                   "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "class-agnostic NMS" in proc.stdout
+
+    def max_cross_class_iou(path: Path) -> float:
+        by_image: dict = {}
+        for r in json.loads(path.read_text()):
+            x, y, w, h = r["bbox"]
+            by_image.setdefault(r["image_id"], []).append((x, y, x + w, y + h, r["category_id"]))
+        worst = 0.0
+        for rows in by_image.values():
+            a = np.array(rows, np.float64)
+            for i in range(len(a) - 1):
+                other = a[i + 1 :, 4] != a[i, 4]
+                if other.any():
+                    worst = max(worst, iou_one_to_many(a[i, :4], a[i + 1 :, :4][other]).max())
+        return worst
+
+    # NMS compares boxes before they are clipped to the image, which moves a clipped pair's IoU
+    # a little; the class-aware run keeps pairs far above.
+    agnostic, aware = max_cross_class_iou(tmp_path / "a.json"), max_cross_class_iou(acceptance_run[0])
+    assert agnostic <= 0.68 < 0.8 < aware, (agnostic, aware)

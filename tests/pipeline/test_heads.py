@@ -97,7 +97,9 @@ def _mask_iou(a, b):
     return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
 
 
-@pytest.mark.parametrize("orig", [(480, 640), (640, 427), (1080, 810), (200, 300), (333, 500)])
+@pytest.mark.parametrize(
+    "orig", [(480, 640), (640, 427), (1080, 810), (200, 300), (333, 500), (320, 320), (640, 640)]
+)
 @pytest.mark.parametrize("input_size", [(320, 320), (640, 640)])
 def test_process_masks_matches_ultralytics(orig, input_size):
     """Same masks as Ultralytics' predictor: process_mask(upsample=True) then scale_masks."""
@@ -133,6 +135,31 @@ def test_process_masks_matches_ultralytics(orig, input_size):
     ious = [_mask_iou(a, b) for a, b in zip(masks, ref, strict=True)]
     assert min(ious) >= 0.99, ious
     assert np.mean([(a != b).mean() for a, b in zip(masks, ref, strict=True)]) < 1e-5
+
+
+@pytest.mark.parametrize("proto_size", [(20, 20), (40, 30), (64, 64), (33, 50)])
+def test_process_masks_any_upsampling_factor(proto_size):
+    """Prototypes at 1/4 (Ultralytics), 1/8, 1/2 and non-integer factors of the input: both
+    upsampling paths (cv2 for integer factors, torch's indices otherwise) match the reference."""
+    import_ultralytics()
+    import torch
+    from ultralytics.utils.ops import process_mask
+
+    input_size = (160, 160)
+    rng = np.random.default_rng(proto_size[0] * 7 + proto_size[1])
+    protos = rng.normal(0, 1, (32, *proto_size)).astype(np.float32)
+    coeffs = rng.normal(0, 1, (40, 32)).astype(np.float32)
+    xy = rng.uniform(0, 150, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 160, (40, 2))], 1).astype(np.float32)
+    boxes[0] = (0, 0, 160, 160)  # whole frame: both edges of the clamped interpolation
+    t = letterbox_params(input_size, input_size, "center")
+
+    masks, keep = process_masks(protos, coeffs, boxes, t)
+
+    ref = process_mask(torch.from_numpy(protos), torch.from_numpy(coeffs),
+                       torch.from_numpy(boxes), input_size, upsample=True).numpy().astype(bool)
+    assert keep.tolist() == ref.any(axis=(1, 2)).tolist()
+    assert (masks != ref[keep]).sum() <= 2  # float rounding at logits within 1e-6 of 0
 
 
 def test_process_masks_empty():

@@ -112,8 +112,10 @@ def test_select_best_class_and_threshold():
 @pytest.mark.parametrize(
     "conf,iou,max_det", [(0.25, 0.45, 300), (0.01, 0.7, 50), (0.001, 0.65, 100)]
 )
-def test_select_matches_ultralytics_non_max_suppression(seed, conf, iou, max_det):
-    """Same kept boxes, scores, classes as Ultralytics' NMS on the same raw (1, 4 + nc, N) output."""
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_select_matches_ultralytics_non_max_suppression(seed, conf, iou, max_det, agnostic):
+    """Same kept boxes, scores, classes as Ultralytics' NMS on the same raw (1, 4 + nc, N) output,
+    class-aware and class-agnostic (``agnostic_nms``)."""
     import_ultralytics()
     import torch
     from ultralytics.utils.nms import non_max_suppression
@@ -124,14 +126,32 @@ def test_select_matches_ultralytics_non_max_suppression(seed, conf, iou, max_det
     wh = rng.uniform(4, 80, (n, 2))
     cls = rng.random((n, nc)) ** 4  # mostly low scores, some high
     pred = np.concatenate([xy, wh, cls], axis=1).T[None].astype(np.float32)
-    [ref] = non_max_suppression(torch.from_numpy(pred), conf, iou, max_det=max_det)
+    [ref] = non_max_suppression(
+        torch.from_numpy(pred), conf, iou, max_det=max_det, agnostic=agnostic
+    )
     ref = ref.numpy()
 
     from detseg.pipeline.heads import ultralytics_candidates
 
     cand = ultralytics_candidates(pred[0], 0, conf)
-    sel = select(cand.boxes, cand.class_scores, conf, iou, max_det)
+    sel = select(cand.boxes, cand.class_scores, conf, iou, max_det, agnostic=agnostic)
     assert len(sel.index) == len(ref) > 0
     np.testing.assert_allclose(cand.boxes[sel.index], ref[:, :4], atol=1e-3)
     np.testing.assert_allclose(sel.scores, ref[:, 4], rtol=1e-6)
     assert sel.class_ids.tolist() == ref[:, 5].astype(int).tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_agnostic_select_equals_plain_loop(seed):
+    """Class-agnostic NMS: the textbook loop with every box in one class; it keeps fewer
+    boxes than class-aware NMS on overlapping boxes of different classes."""
+    rng = np.random.default_rng(seed)
+    boxes = _random_boxes(rng, 300).astype(np.float32)
+    class_scores = (rng.random((300, 4)) ** 3).astype(np.float32)
+    best = class_scores.max(axis=1)
+    cand = [i for i in range(300) if best[i] > 0.05]
+    loop = _nms_loop([boxes[i] for i in cand], [best[i] for i in cand], [0] * len(cand), 0.5)
+    sel = select(boxes, class_scores, 0.05, 0.5, 1000, agnostic=True)
+    assert sel.index.tolist() == [cand[k] for k in loop]
+    aware = select(boxes, class_scores, 0.05, 0.5, 1000)
+    assert len(aware.index) > len(sel.index)
