@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from detseg.errors import InputError
-from detseg.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt, parse_corruptions, parse_severities
+from detseg.eval.corruptions import (
+    CORRUPTIONS,
+    SEVERITIES,
+    corrupt,
+    parse_corruptions,
+    parse_severities,
+)
 
 
 @pytest.fixture(scope="module")
