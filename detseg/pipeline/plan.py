@@ -113,10 +113,12 @@ def as_loader(model: Any, head: str | None, device: str) -> DetectorLoader | Non
     """
     if isinstance(model, (str, Path)):
         return OnnxDetectorSpec(Path(model), head, device)
-    if isinstance(model, DetectorLoader):
-        return model
+    # A loaded detector first: `Detector` also has a `load` (its classmethod), so it would
+    # pass for a `DetectorLoader` too.
     if isinstance(model, BatchDetector):
         return None
+    if isinstance(model, DetectorLoader):
+        return model
     missing = [n for n in ("meta", "batch_size", "providers", "input_size_for", "preprocess",
                            "infer", "postprocess", "warmup") if not hasattr(model, n)]
     raise InputError(
