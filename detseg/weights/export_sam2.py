@@ -62,10 +62,14 @@ class Sam2ExportResult:
     report: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def build_sam2_model(model_type: str, checkpoint: Path | None = None) -> nn.Module:
+def build_sam2_model(
+    model_type: str, checkpoint: Path | None = None, image_size: int | None = None
+) -> nn.Module:
     """sam2's `build_sam2` on the CPU (random weights when `checkpoint` is None).
 
-    The checkpoint is read by sam2 with ``torch.load(weights_only=True)``.
+    The checkpoint is read by sam2 with ``torch.load(weights_only=True)``. `image_size`
+    overrides the config's 1024 (a multiple of 32; for fast tests with random weights only:
+    the released weights are trained at 1024).
     """
     if model_type not in SAM2_CONFIGS:
         raise InputError(
@@ -73,9 +77,10 @@ def build_sam2_model(model_type: str, checkpoint: Path | None = None) -> nn.Modu
         )
     from sam2.build_sam import build_sam2
 
+    overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
     try:
         return build_sam2(SAM2_CONFIGS[model_type], str(checkpoint) if checkpoint else None,
-                          device="cpu")
+                          device="cpu", hydra_overrides_extra=overrides)
     except (RuntimeError, KeyError, OSError) as exc:
         raise ModelError(
             f"{checkpoint}: cannot load it as a {model_type} checkpoint ({type(exc).__name__}: "
