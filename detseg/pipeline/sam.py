@@ -15,6 +15,10 @@ The two ONNX files come from `detseg.weights.export_sam`:
   the single-mask answer and tokens 1..3 the multimask answers.
 
 Prompts and masks are in original-image pixels: x to the right, y down.
+
+SAM 2 exports (metadata ``sam_generation = "2"``, `detseg.weights.export_sam2`) have other
+inputs and outputs; `SamPredictor.load` returns a `detseg.pipeline.sam2.Sam2Predictor` for them,
+a subclass with the same calls.
 """
 
 from __future__ import annotations
