@@ -149,7 +149,7 @@ def main() -> None:
     cmd = "python bench/bench_sam.py " + " ".join(sys.argv[1:])
     table = "\n".join(
         [
-            "## SAM predictor on CPU: detseg (onnxruntime) vs segment-anything (PyTorch)",
+            "## SAM predictor on CPU: detseg (onnxruntime) vs segment-anything / sam2 (PyTorch)",
             "",
             f"{dt.date.today()}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores (shared), torch {torch.__version__}, "
