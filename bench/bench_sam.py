@@ -9,9 +9,11 @@ printed when parity passed) and measures:
 - **click**: one `predict()` with one positive point, multimask output, masks at the
   original resolution (prompt encoder, mask decoder, upscaling, threshold).
 
-Architectures: `small` (`build_sam_small()` defaults: 256 px input, a 2-block ViT of width 96)
-and `vit_b` (the official ViT-B at 1024 px, random weights: the cost does not depend on the
-weights). Each figure is the best of `--repeat` runs (the machine is shared; the best run is
+Architectures: `small` (`build_sam_small()` defaults: 256 px input, a 2-block ViT of width 96),
+`vit_b` (the official ViT-B at 1024 px, random weights: the cost does not depend on the
+weights) and SAM 2.1 `sam2.1_hiera_tiny` (also `_small`, `_base_plus`, `_large`: sam2's
+`build_sam2` config at 1024 px, random weights, against sam2's `SAM2ImagePredictor`, exported
+by `detseg.weights.export_sam2`; its click includes the upsampling of three masks in numpy). Each figure is the best of `--repeat` runs (the machine is shared; the best run is
 the least disturbed one), runs of the two predictors interleaved. Printed: milliseconds and
 the ratio torch/detseg (> 1: detseg is faster).
 
@@ -65,17 +67,15 @@ def bench_arch(
     name: str, image: np.ndarray, repeat: int, clicks: int, threads: int
 ) -> dict[str, float]:
     torch.manual_seed(0)
-    sam = build_sam_small() if name == "small" else build_sam_official(name)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = export_sam(None, name, Path(tmp), model=sam)
+        result, ref = _export(name, Path(tmp))
         export_s = time.perf_counter() - start
         if not result.passed:
             sys.exit(f"bench_sam: parity failed for {name}, see {result.report_path}")
         ours = SamPredictor.load(
             result.encoder_path, result.decoder_path, device="cpu", threads=threads
         )
-        ref = TorchSamPredictor(sam)
 
         def ours_encode() -> None:
             ours.clear_cache()
@@ -108,9 +108,22 @@ def bench_arch(
     }
 
 
+def _export(name: str, out: Path):
+    """(export result with its parity report, the PyTorch reference predictor) for `name`."""
+    if name.startswith("sam2"):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        from detseg.weights.export_sam2 import build_sam2_model, export_sam2
+
+        model = build_sam2_model(name)
+        return export_sam2(None, name, out, model=model), SAM2ImagePredictor(model)
+    sam = build_sam_small() if name == "small" else build_sam_official(name)
+    return export_sam(None, name, out, model=sam), TorchSamPredictor(sam)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", default="small,vit_b")
+    parser.add_argument("--archs", default="small,vit_b,sam2.1_hiera_tiny")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument(
@@ -136,7 +149,7 @@ def main() -> None:
     cmd = "python bench/bench_sam.py " + " ".join(sys.argv[1:])
     table = "\n".join(
         [
-            "## SAM predictor on CPU: detseg (onnxruntime) vs segment-anything (PyTorch)",
+            "## SAM predictor on CPU: detseg (onnxruntime) vs segment-anything / sam2 (PyTorch)",
             "",
             f"{dt.date.today()}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores (shared), torch {torch.__version__}, "

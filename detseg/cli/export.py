@@ -24,13 +24,15 @@ def register(app: typer.Typer) -> None:
 def export(
     model: str = typer.Argument(
         ...,
-        help="Registry name (yolov8n, yolo11s-seg, sam_vit_b...), a local .pt/.pth file, or an "
+        help="Registry name (yolov8n, yolo11s-seg, sam_vit_b, sam2.1_hiera_tiny...), a local "
+        ".pt/.pth file, or an "
         "Ultralytics architecture file such as yolov8n-seg.yaml (random weights).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     imgsz: int = typer.Option(None, "--imgsz", help="Ultralytics input size (multiple of 32; default 640)."),
     sam_type: str = typer.Option(
-        None, "--sam-type", help="vit_b, vit_l or vit_h, for a local SAM .pth whose name does not say it."
+        None, "--sam-type", help="vit_b, vit_l or vit_h for a local SAM .pth, or sam2.1_hiera_tiny"
+        " (small, base_plus, large) for a local SAM 2.1 .pt, whose name does not say it."
     ),
     images: list[Path] = typer.Option(
         None, "--images", help="Images (files or folders) for the Ultralytics parity check; "

@@ -15,6 +15,10 @@ The two ONNX files come from `detseg.weights.export_sam`:
   the single-mask answer and tokens 1..3 the multimask answers.
 
 Prompts and masks are in original-image pixels: x to the right, y down.
+
+SAM 2 exports (metadata ``sam_generation = "2"``, `detseg.weights.export_sam2`) have other
+inputs and outputs; `SamPredictor.load` returns a `detseg.pipeline.sam2.Sam2Predictor` for them,
+a subclass with the same calls.
 """
 
 from __future__ import annotations
@@ -201,6 +205,11 @@ class SamPredictor:
         self._encoder = encoder
         self._decoder = decoder
         self.metadata = _session_metadata(encoder)
+        if type(self) is SamPredictor and self.metadata.get("sam_generation", "1") != "1":
+            raise ModelError(
+                f"{getattr(encoder, 'path', 'SAM encoder')}: a SAM {self.metadata['sam_generation']}"
+                f" export; open it with SamPredictor.load (or detseg.pipeline.sam2.Sam2Predictor)"
+            )
         if "image_size" not in self.metadata:
             raise ModelError(
                 f"{getattr(encoder, 'path', 'SAM encoder')}: metadata has no image_size; "
@@ -243,12 +252,16 @@ class SamPredictor:
                 )
             sessions.append((path, session, meta))
         (enc_path, enc, enc_meta), (dec_path, dec, dec_meta) = sessions
-        for key in ("image_size", "arch"):
+        for key in ("image_size", "arch", "sam_generation"):
             if enc_meta.get(key) != dec_meta.get(key):
                 raise ModelError(
                     f"{enc_path} and {dec_path} come from different SAM models: {key} "
                     f"{enc_meta.get(key)!r} vs {dec_meta.get(key)!r}"
                 )
+        if enc_meta.get("sam_generation", "1") == "2":  # SAM 2: own resize, features, decoder
+            from detseg.pipeline.sam2 import Sam2Predictor
+
+            return Sam2Predictor(enc, dec, cache_size=cache_size)
         return cls(enc, dec, cache_size=cache_size)
 
     @property
@@ -290,14 +303,18 @@ class SamPredictor:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        resized = np.ascontiguousarray(resize_longest_side(image, self.image_size))
-        (features,) = self._encoder.run({"image": resized})[:1]
-        embedding = SamEmbedding(features.astype(np.float32, copy=False), image.shape[:2])
+        embedding = self._encode(image)
         with self._lock:
             self._cache[key] = embedding
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return embedding
+
+    def _encode(self, image: np.ndarray) -> SamEmbedding:
+        """Run the encoder on a checked (H, W, 3) uint8 image (no cache)."""
+        resized = np.ascontiguousarray(resize_longest_side(image, self.image_size))
+        (features,) = self._encoder.run({"image": resized})[:1]
+        return SamEmbedding(features.astype(np.float32, copy=False), image.shape[:2])
 
     @property
     def image_embedding(self) -> np.ndarray:

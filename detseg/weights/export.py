@@ -6,6 +6,8 @@ by `detseg.weights.download`, and handed to the exporter of its family:
 - Ultralytics (registry names ``yolov8n``..., ``.pt`` files, ``.yaml`` architecture files):
   `detseg.weights.export_ultralytics.export_ultralytics`.
 - Segment Anything (``sam_vit_b``..., ``.pth`` files): `detseg.weights.export_sam.export_sam`.
+- SAM 2.1 (``sam2.1_hiera_tiny``..., their ``.pt`` files, or any ``.pt`` with
+  ``--sam-type sam2.1_hiera_...``): `detseg.weights.export_sam2.export_sam2`.
 
 Exporters import torch; they are imported only when called.
 """
@@ -64,6 +66,10 @@ def export_model(
     if source.family == "onnx":
         raise InputError(f"{source.path}: already an ONNX model; export takes a .pt, .pth or .yaml")
     out_dir = Path(out_dir)
+    if source.family == "sam2" or (sam_type or "").startswith("sam2"):
+        if imgsz is not None:
+            raise InputError("--imgsz: SAM 2's input size is fixed by the model; drop it")
+        return _export_sam2(source, out_dir, sam_type, progress)
     if source.family == "sam":
         if imgsz is not None:
             raise InputError("--imgsz: Segment Anything's input size is fixed by the model; drop it")
@@ -100,4 +106,20 @@ def _export_sam(source, out_dir: Path, sam_type: str | None, progress: bool) -> 
     # "custom": a checkpoint that stores its own architecture (detseg's small SAMs).
     result = export_sam(checkpoint, model_type or "custom", out_dir)
     return ExportSummary("sam", [result.encoder_path, result.decoder_path], result.report_path,
+                         result.passed, result.report)
+
+
+def _export_sam2(source, out_dir: Path, sam_type: str | None, progress: bool) -> ExportSummary:
+    from detseg.weights.export_sam2 import SAM2_CONFIGS, export_sam2
+
+    known = source.spec.sam_model_type if source.spec is not None else None
+    if sam_type is not None and sam_type not in SAM2_CONFIGS:
+        raise InputError(f"--sam-type: expected one of {', '.join(SAM2_CONFIGS)}, found {sam_type!r}")
+    if sam_type is not None and known is not None and sam_type != known:
+        raise InputError(f"--sam-type: {source.name} is a {known} checkpoint, not {sam_type}")
+    if source.kind == "architecture" or (source.kind == "file" and source.path.suffix != ".pt"):
+        raise InputError(f"{source.name}: a SAM 2 checkpoint is a .pt file")
+    checkpoint = local_file(source, progress=progress)
+    result = export_sam2(checkpoint, known or sam_type, out_dir)
+    return ExportSummary("sam2", [result.encoder_path, result.decoder_path], result.report_path,
                          result.passed, result.report)

@@ -42,7 +42,7 @@ def exported_onnx(name: str, family: str) -> list[Path]:
     source = resolve(name)  # InputError for an unknown name
     if source.family == "onnx":
         return [Path(source.path)]
-    if (family == "sam") != (source.family == "sam"):
+    if (family == "sam") != (source.family in ("sam", "sam2")):
         want = "a Segment Anything model" if family == "sam" else "a detector"
         raise ModelError(f"model {name!r}: expected {want}, found a {source.family} model")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name)

@@ -11,6 +11,8 @@ Checksums:
   ``sam_vit_b_01ec64.pth`` begins ``ec2df627``). Each SAM entry carries the full SHA-256 and
   the size, as published by several independent projects that pin these files, and the MD5
   prefix from the file name; a download must match all of them.
+- SAM 2.1: Meta publishes no checksum beside the files; each entry carries the SHA-256 and
+  the size that independent public projects pin for the same URL (cited at `_SAM2_FILES`).
 - Ultralytics: the ``ultralytics/assets`` release files carry no published checksum (they
   have been re-uploaded between releases), so their entries have none; a download of one is
   reported with its SHA-256 so that it can be pinned.
@@ -29,6 +31,7 @@ from detseg.errors import InputError
 from detseg.pipeline.meta import COCO80_NAMES
 
 TASKS = ("detect", "segment", "sam")
+SAM2_RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 ULTRALYTICS_RELEASE = "https://github.com/ultralytics/assets/releases/download/v8.3.0"
 SAM_RELEASE = "https://dl.fbaipublicfiles.com/segment_anything"
@@ -46,12 +49,13 @@ class ModelSpec:
         filename: the file name in the cache (the published one).
         license: license of the weights.
         task: ``"detect"``, ``"segment"`` or ``"sam"``.
-        family: ``"ultralytics"`` or ``"sam"``.
+        family: ``"ultralytics"``, ``"sam"`` or ``"sam2"``.
         class_names: class index -> name (COCO-80 for the Ultralytics COCO models; empty for SAM).
         checksums: ``"algo:hex"`` strings (``sha256``, ``md5``); a hex shorter than the full
             digest is a prefix. Empty when none is published.
         size: file size in bytes, or None when unknown.
-        sam_model_type: segment-anything's builder key (``vit_b``...) for SAM entries.
+        sam_model_type: segment-anything's builder key (``vit_b``...) for SAM entries; the
+            model name (``sam2.1_hiera_tiny``...) for SAM 2 entries.
     """
 
     name: str
@@ -105,12 +109,48 @@ def _sam(model_type: str, filename: str, sha256: str, size: int) -> ModelSpec:
     )
 
 
+# SAM 2.1 (release 2024-09-28): (model_type, sha256, size). Sources, all pinning the
+# dl.fbaipublicfiles.com/segment_anything_2/092824 URLs: the four SHA-256 are micro-sam's HASHES
+# (github.com/computational-cell-analytics/micro-sam, micro_sam/v2/util.py, checked by pooch
+# on every download) and recur in many other public pinning files (download scripts, SPDX
+# manifests). Sizes from such pinning files: tiny 156,008,466 (an SPDX manifest and a
+# SAM2_TINY_CHECKPOINT_SIZE constant), small 184,416,285, base_plus 323,606,802 (a
+# SAM2_WEIGHTS_SIZE constant), large 898,083,611 (two independent manifests, one pinning the
+# Hugging Face facebook/sam2.1-hiera-large copy).
+_SAM2_FILES = (
+    ("sam2.1_hiera_tiny",
+     "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156_008_466),
+    ("sam2.1_hiera_small",
+     "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", 184_416_285),
+    ("sam2.1_hiera_base_plus",
+     "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323_606_802),
+    ("sam2.1_hiera_large",
+     "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", 898_083_611),
+)
+SAM2_LICENSE = "Apache-2.0 (https://github.com/facebookresearch/sam2)"
+
+
+def _sam2(model_type: str, sha256: str, size: int) -> ModelSpec:
+    return ModelSpec(
+        name=model_type,
+        url=f"{SAM2_RELEASE}/{model_type}.pt",
+        filename=f"{model_type}.pt",
+        license=SAM2_LICENSE,
+        task="sam",
+        family="sam2",
+        checksums=(f"sha256:{sha256}",),
+        size=size,
+        sam_model_type=model_type,
+    )
+
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         *(_ultralytics(f"{family}{size}{suffix}")
           for family in ("yolov8", "yolo11") for suffix in ("", "-seg") for size in "nsmlx"),
         *(_sam(*row) for row in _SAM_FILES),
+        *(_sam2(*row) for row in _SAM2_FILES),
     )
 }
 
@@ -127,7 +167,7 @@ class ModelSource:
             ``"architecture"`` (an Ultralytics model .yaml, random weights: a local file at
             ``path``, or a bare name that Ultralytics finds in its package).
         name: what the user typed.
-        family: ``"ultralytics"``, ``"sam"`` or ``"onnx"``.
+        family: ``"ultralytics"``, ``"sam"``, ``"sam2"`` or ``"onnx"``.
         spec: the registry entry (``kind="registry"``, or a local file whose name is that of a
             registry file, so it can be checked).
         path: the local file (``kind="file"``, or a local ``"architecture"`` file).
@@ -170,8 +210,10 @@ def resolve(name_or_path: str | Path) -> ModelSource:
         return ModelSource(kind="architecture", name=text, family="ultralytics",
                            path=path if path.is_file() else None)
     if path.is_file():
-        return ModelSource(kind="file", name=text, family=_family_of_file(path),
-                           spec=_spec_for_filename(path.name), path=path)
+        spec = _spec_for_filename(path.name)
+        # A registry file name says more than its suffix (sam2.1_hiera_tiny.pt is not Ultralytics).
+        family = spec.family if spec is not None else _family_of_file(path)
+        return ModelSource(kind="file", name=text, family=family, spec=spec, path=path)
     if path.parent != Path(".") or suffix in (*ARCHITECTURE_SUFFIXES, *CHECKPOINT_SUFFIXES, ".onnx"):
         if _spec_for_filename(text) is None:
             raise InputError(f"{path}: model file not found")
