@@ -40,6 +40,7 @@ def predict(
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default onnxruntime's)."),
     workers: int | None = typer.Option(None, "--workers", help="Batches run through the model at once (default: 2 on a multi-core CPU when --threads is not given, else 1); each gets cpu_count/N threads unless --threads is given."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    sam: str | None = typer.Option(None, "--sam", help="Give every detection a Segment Anything mask prompted by its box: 'builtin' (the embedded shapes SAM), a registry name (sam_vit_b, ...) or a checkpoint. Turns any detector into an instance segmenter."),
 ) -> None:
     """Run a detector over images and write COCO results; resumable, bad images skipped."""
     from detseg.errors import InputError
@@ -52,8 +53,14 @@ def predict(
             f"{' '.join(inputs)}"
         )
     model, source = (None, inputs[0]) if len(inputs) == 1 else inputs
+    runner_model = detector_onnx(model)
+    if sam is not None:
+        from detseg.pipeline.sam_boxes import load_sam_boxes_detector
+
+        runner_model = load_sam_boxes_detector(runner_model, sam, head.value if head else None,
+                                               device.value, threads)
     summary = run_predict(
-        detector_onnx(model), source, out,
+        runner_model, source, out,
         head=head.value if head else None, device=device.value,
         conf=conf, iou=iou, max_det=max_det, preset=preset.value if preset else None,
         batch_size=batch, images_dir=images, save_images_dir=save_images,
