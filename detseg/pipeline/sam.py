@@ -480,7 +480,7 @@ class SamPredictor:
             masks = masks if return_logits else masks > self.mask_threshold
             parts.append((masks, scores[:, pick], low_res[:, pick]))
         masks, scores, low_res = (
-            parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
+            parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts, strict=True)]
         )
         return SamBatchPrediction(
             masks=masks if not return_logits else masks.astype(np.float32, copy=False),

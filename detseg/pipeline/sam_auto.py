@@ -247,7 +247,7 @@ class SamMaskGenerator:
         size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layers = generate_crop_boxes(size, s.crop_n_layers, s.crop_overlap_ratio)
         parts = [self._process_crop(image, box, layer, size)
-                 for box, layer in zip(crop_boxes, layers)]
+                 for box, layer in zip(crop_boxes, layers, strict=True)]
         data = {k: [x for p in parts for x in p[k]] if k == "rles" else
                 np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if len(crop_boxes) > 1 and len(data["rles"]):
@@ -327,7 +327,7 @@ class SamMaskGenerator:
         keep = nms(boxes, np.asarray(scores), nms_thresh)
         data = dict(data, rles=list(data["rles"]), boxes=data["boxes"].copy())
         changed = [int(i) for i in keep if scores[i] == 0.0]
-        for i, rle in zip(changed, encode_rles(masks[changed])):
+        for i, rle in zip(changed, encode_rles(masks[changed]), strict=True):
             data["rles"][i] = rle
             data["boxes"][i] = boxes[i]
         return _take(data, keep)

@@ -51,7 +51,7 @@ def recover_sam(encoder_path: str | Path, decoder_path: str | Path) -> Sam:
     state = probe.state_dict()
     offset = start = 2**20  # clear of small integer constants (2.0, 16.0, ...) in the graph
     with torch.no_grad():
-        for name, value in state.items():
+        for value in state.values():
             n = value.numel()
             value.copy_(torch.arange(offset, offset + n, dtype=torch.float64).reshape(value.shape))
             offset += n
