@@ -8,8 +8,8 @@ LayerNorm2d weights reshaped, token embeddings concatenated, relative-position t
 Rather than undoing each fold by hand, the same architecture is exported again by the same
 exporter with every weight element set to a distinct integer (exact in float32); each element
 of each weight is then found by its value in that export, and read at the same tensor name and
-position in the original files. Recovery is exact (no arithmetic on the values) and refuses
-files whose tensor names or shapes differ from a fresh export (another exporter version).
+place (same node, same input) in the original files. Recovery is exact (no arithmetic on the
+values) and refuses files whose graph differs from a fresh export (another exporter version).
 """
 
 from __future__ import annotations
@@ -28,15 +28,34 @@ from detseg.errors import ModelError
 from detseg.weights.sam_arch import SamArch, build_sam_from_arch
 
 
-def _tensors(path: Path) -> dict[str, np.ndarray]:
-    """Initializers and float Constant-node tensors of an ONNX file, by name."""
-    model = onnx.load(str(path))
+def _tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node tensors of an ONNX model, by name."""
     out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
                     out[node.output[0]] = numpy_helper.to_array(attr.t)
+    return out
+
+
+def _counterparts(fresh: onnx.ModelProto, orig: onnx.ModelProto, path: Path) -> dict[str, str]:
+    """Fresh tensor name -> the original's tensor at the same place in the graph.
+
+    Matched by position (node index, input slot), not by name: the exporter merges weights
+    with equal values (e.g. two all-zero tables) into one name.
+    """
+    if len(fresh.graph.node) != len(orig.graph.node) or any(
+        a.op_type != b.op_type for a, b in zip(fresh.graph.node, orig.graph.node, strict=True)
+    ):
+        raise ModelError(f"{path}: its graph differs from a fresh export of the same architecture "
+                         "(another exporter version); cannot recover the weights")
+    out: dict[str, str] = {}
+    for a, b in zip(fresh.graph.node, orig.graph.node, strict=True):
+        for x, y in zip(a.input, b.input, strict=False):
+            out.setdefault(x, y)
+        if a.op_type == "Constant":
+            out.setdefault(a.output[0], b.output[0])
     return out
 
 
@@ -67,17 +86,19 @@ def recover_sam(encoder_path: str | Path, decoder_path: str | Path) -> Sam:
                                    ("decoder", _export_decoder, decoder_path)):
             fresh_path = Path(tmp) / f"{part}.onnx"
             export(probe, fresh_path, 17)
-            fresh, orig = _tensors(fresh_path), _tensors(Path(path))
+            fresh_model, orig_model = onnx.load(str(fresh_path)), onnx.load(str(path))
+            fresh, orig = _tensors(fresh_model), _tensors(orig_model)
+            names = _counterparts(fresh_model, orig_model, Path(path))
             for name, arr in fresh.items():
-                if name not in orig or orig[name].shape != arr.shape:
+                if arr.dtype != np.float32 or name not in names:
+                    continue
+                if names[name] not in orig or orig[names[name]].shape != arr.shape:
                     raise ModelError(f"{path}: tensor {name} {arr.shape} has no counterpart of "
                                      "that shape; the file comes from another exporter")
-                if arr.dtype != np.float32:
-                    continue
                 flat = arr.reshape(-1)
                 ints = np.flatnonzero((flat >= start) & (flat == np.round(flat)))
                 for i in ints:
-                    where.setdefault(int(flat[i]), (part, name, int(i)))
+                    where.setdefault(int(flat[i]), (part, names[name], int(i)))
             originals[part] = orig
     recovered = {}
     for name, value in state.items():
