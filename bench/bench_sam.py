@@ -20,6 +20,15 @@ the ratio torch/detseg (> 1: detseg is faster).
     .venv/bin/python bench/bench_sam.py [--archs small,vit_b] [--repeat 5] [--clicks 20] [--threads 1]
         [--append]
 
+**Segment everything** (`--everything builtin,small`, `--archs ""` to skip the table above):
+`detseg.pipeline.sam_auto.SamMaskGenerator` against segment-anything's
+`SamAutomaticMaskGenerator` with the same weights and the same (default) settings, from the
+image array to the list of masks (encoder included): `builtin` is the embedded shapes SAM
+(PyTorch weights recovered exactly from its ONNX files) on a held-out shapes image, `small`
+the random-weight small SAM on the image above. Best of `--repeat-everything` runs each,
+interleaved; also printed: masks found by each and how many of the reference masks have a
+match with IoU >= 0.99.
+
 `--append` adds the table to BENCHMARKS.md.
 """
 
@@ -121,6 +130,51 @@ def _export(name: str, out: Path):
     return export_sam(None, name, out, model=sam), TorchSamPredictor(sam)
 
 
+def bench_everything(name: str, repeat: int, threads: int) -> dict[str, float]:
+    from pycocotools import mask as mask_utils
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from detseg.pipeline.sam_auto import SamMaskGenerator
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == "builtin":
+            from detseg.data.shapes import ShapesSpec, render_image
+            from detseg.weights.builtin import default_sam
+            from detseg.weights.sam_recover import recover_sam
+
+            encoder, decoder = default_sam()
+            sam = recover_sam(encoder, decoder)
+            image = render_image(ShapesSpec(4, 3), 0)[0]
+        else:
+            sam = build_sam_small() if name == "small" else build_sam_official(name)
+            result = export_sam(None, name, Path(tmp), model=sam)
+            if not result.passed:
+                sys.exit(f"bench_sam: parity failed for {name}, see {result.report_path}")
+            encoder, decoder = result.encoder_path, result.decoder_path
+            image = load_image()[0]
+        ours = SamPredictor.load(encoder, decoder, device="cpu", threads=threads)
+        ref_gen = SamAutomaticMaskGenerator(sam, output_mode="coco_rle")
+        our_gen = SamMaskGenerator(ours)
+        t_ref, t_ours = [], []
+        with torch.no_grad():
+            for _ in range(repeat):
+                start = time.perf_counter()
+                ref = ref_gen.generate(image)
+                t_ref.append(time.perf_counter() - start)
+                ours.clear_cache()
+                start = time.perf_counter()
+                got = our_gen.generate(image)
+                t_ours.append(time.perf_counter() - start)
+    matched = 0
+    if ref and len(got):
+        r = [dict(a["segmentation"], counts=a["segmentation"]["counts"].encode()) for a in ref]
+        g = [dict(m, counts=m["counts"].encode()) for m in got.rles]
+        matched = int((mask_utils.iou(g, r, [0] * len(r)).max(axis=0) >= 0.99).sum())
+    return {"image": f"{image.shape[1]}x{image.shape[0]}", "torch_s": min(t_ref),
+            "ours_s": min(t_ours), "n_ref": len(ref), "n_ours": len(got), "matched": matched}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="small,vit_b,sam2.1_hiera_tiny")
@@ -130,13 +184,15 @@ def main() -> None:
         "--threads", type=int, default=1, help="threads for both torch and onnxruntime"
     )
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("--everything", default="", help="segment-everything rows, e.g. builtin,small")
+    parser.add_argument("--repeat-everything", type=int, default=2)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     image, image_name = load_image()
     rows = []
     load_before = os.getloadavg()[0]
-    for name in args.archs.split(","):
+    for name in [a for a in args.archs.split(",") if a]:
         r = bench_arch(name, image, args.repeat, args.clicks, args.threads)
         rows.append(
             f"| {name} | {r['enc_torch']:.1f} | {r['enc_ours']:.1f} | "
@@ -167,8 +223,39 @@ def main() -> None:
             *rows,
         ]
     )
-    print()
-    print(table)
+    if rows:
+        print()
+        print(table)
+    else:
+        table = ""
+    every = []
+    for name in [a for a in args.everything.split(",") if a]:
+        r = bench_everything(name, args.repeat_everything, args.threads)
+        every.append(
+            f"| {name} | {r['image']} | {r['torch_s']:.2f} | {r['ours_s']:.2f} | "
+            f"{r['torch_s'] / r['ours_s']:.2f} | {r['n_ref']} | {r['n_ours']} | {r['matched']} |"
+        )
+        print(every[-1], flush=True)
+    if every:
+        table += "\n".join([
+            "" if not table else "\n",
+            "## Segment everything on CPU: detseg `SamMaskGenerator` (onnxruntime) vs "
+            "segment-anything `SamAutomaticMaskGenerator` (PyTorch)",
+            "",
+            f"{dt.date.today()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
+            f"{args.threads} thread(s) for both. Command: `{cmd.strip()}`. Same weights, "
+            f"default settings (32x32 points, 64 per batch, thresholds 0.88 / 0.95, NMS 0.7), "
+            f"image array to masks, encoder included; best of {args.repeat_everything}. "
+            f"Ratio = torch / detseg. Load average (1 min) {load_before:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end (shared machine).",
+            "",
+            "| model | image | torch s | detseg s | ratio | masks torch | masks detseg "
+            "| torch masks matched (IoU >= 0.99) |",
+            "|---|---|---|---|---|---|---|---|",
+            *every,
+        ])
+        print()
+        print(table)
     if args.append:
         with (ROOT / "BENCHMARKS.md").open("a") as f:
             f.write("\n" + table + "\n")

@@ -37,9 +37,9 @@ def version() -> None:
 
 
 def _register() -> None:
-    from detseg.cli import data, eval, export, predict, serve
+    from detseg.cli import data, eval, export, predict, segment, serve
 
-    for module in (predict, eval, export, serve, data):
+    for module in (predict, eval, export, serve, data, segment):
         module.register(app)
 
 

@@ -49,6 +49,7 @@ def predict(
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: threads in this process. ray: Ray Data actors, one model each, on a local Ray or a cluster (needs the ray extra); same results, journal and resume."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: the cluster (host:port, ray://host:port, auto, local); default RAY_ADDRESS, else a running local cluster, else a new local Ray."),
     actors: int | None = typer.Option(None, "--actors", help="With --engine ray: model actors (default one per GPU with --device cuda, else one per 2 CPUs, at least 2)."),
+    sam: str | None = typer.Option(None, "--sam", help="Give every detection a Segment Anything mask prompted by its box: 'builtin' (the embedded shapes SAM), a registry name (sam_vit_b, ...) or a checkpoint. Turns any detector into an instance segmenter."),
 ) -> None:
     """Run a detector over images and write COCO results; resumable, bad images skipped."""
     from detseg.errors import InputError
@@ -61,8 +62,14 @@ def predict(
             f"{' '.join(inputs)}"
         )
     model, source = (None, inputs[0]) if len(inputs) == 1 else inputs
+    runner_model = detector_onnx(model)
+    if sam is not None:
+        from detseg.pipeline.sam_boxes import load_sam_boxes_detector
+
+        runner_model = load_sam_boxes_detector(runner_model, sam, head.value if head else None,
+                                               device.value, threads)
     summary = run_predict(
-        detector_onnx(model), source, out,
+        runner_model, source, out,
         head=head.value if head else None, device=device.value,
         conf=conf, iou=iou, max_det=max_det, preset=preset.value if preset else None,
         batch_size=batch, images_dir=images, save_images_dir=save_images,

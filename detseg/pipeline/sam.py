@@ -39,6 +39,8 @@ from detseg.pipeline.session import Session
 
 ENCODER_TASK = "sam_encoder"
 DECODER_TASK = "sam_decoder"
+#: Decoder metadata key: "dynamic" when `point_coords` takes a batch of prompts (B, N, 2).
+PROMPT_BATCH_KEY = "prompt_batch"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,20 @@ class SamPrediction:
     scores: (M,) float32, the model's predicted IoU of each mask.
     low_res_logits: (M, L, L) float32 logits, L = image_size / 4 (256 for the official models);
         pass one of them back as `mask_input` (shape (1, L, L)) to refine a mask.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class SamBatchPrediction:
+    """Masks for a batch of B prompts on one image (one decoder run).
+
+    masks: (B, M, H, W) at the original image resolution: bool, or float32 logits when asked
+        for (`return_logits=True`; threshold them at `SamPredictor.mask_threshold`).
+    scores: (B, M) float32 predicted IoU; low_res_logits: (B, M, L, L) float32.
     """
 
     masks: np.ndarray
@@ -121,6 +137,71 @@ def prompt_arrays(
         coords = np.concatenate([coords, np.zeros((1, 2))])
         labels = np.concatenate([labels, [-1.0]])
     return coords[None].astype(np.float32), labels[None].astype(np.float32)
+
+
+def batch_prompt_arrays(
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    original_size: tuple[int, int],
+    long_side: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoder inputs (B, N, 2) coords and (B, N) labels, float32, for B prompts at once.
+
+    point_coords (B, K, 2) xy pixels with point_labels (B, K); boxes (B, 4) xyxy pixels. Row b
+    is exactly what `prompt_arrays` makes of prompt b.
+    """
+    n = len(boxes) if boxes is not None else len(point_coords)
+    coords = np.zeros((n, 0, 2))
+    labels = np.zeros((n, 0))
+    if point_coords is not None:
+        coords = transform_coords(point_coords, original_size, long_side)
+        labels = np.asarray(point_labels, dtype=np.float64)
+    if boxes is not None:
+        corners = transform_coords(np.asarray(boxes).reshape(n, 2, 2), original_size, long_side)
+        coords = np.concatenate([coords, corners], axis=1)
+        labels = np.concatenate([labels, np.tile([[2.0, 3.0]], (n, 1))], axis=1)
+    else:
+        coords = np.concatenate([coords, np.zeros((n, 1, 2))], axis=1)
+        labels = np.concatenate([labels, np.full((n, 1), -1.0)], axis=1)
+    return coords.astype(np.float32), labels.astype(np.float32)
+
+
+def check_batch_prompts(
+    point_coords: Any, point_labels: Any, boxes: Any
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate a batch of prompts; raise InputError naming the argument and the shapes."""
+    if point_coords is None and boxes is None:
+        raise InputError("predict_batch: give point_coords (with point_labels) or boxes (or both)")
+    if (point_coords is None) != (point_labels is None):
+        raise InputError("predict_batch: give point_coords and point_labels together")
+    n = None
+    if boxes is not None:
+        boxes = _finite("boxes", boxes)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InputError(
+                f"predict_batch: boxes must have shape (B, 4) (x1, y1, x2, y2), found {boxes.shape}"
+            )
+        n = len(boxes)
+    if point_coords is not None:
+        point_coords = _finite("point_coords", point_coords)
+        point_labels = np.asarray(point_labels)
+        if point_coords.ndim != 3 or point_coords.shape[2] != 2 or (
+            n is not None and len(point_coords) != n
+        ):
+            want = f"({'B' if n is None else n}, K, 2)"
+            raise InputError(
+                f"predict_batch: point_coords must have shape {want} (x, y pixels), "
+                f"found {point_coords.shape}"
+            )
+        if point_labels.shape != point_coords.shape[:2]:
+            raise InputError(
+                f"predict_batch: point_labels must have shape {point_coords.shape[:2]} to match "
+                f"point_coords {point_coords.shape}, found {point_labels.shape}"
+            )
+        if not np.isin(point_labels, (0, 1)).all():
+            raise InputError("predict_batch: point_labels must be 1 (positive) or 0 (negative)")
+    return point_coords, point_labels, boxes
 
 
 def check_prompts(
@@ -210,6 +291,8 @@ class SamPredictor:
                 f"{getattr(encoder, 'path', 'SAM encoder')}: a SAM {self.metadata['sam_generation']}"
                 f" export; open it with SamPredictor.load (or detseg.pipeline.sam2.Sam2Predictor)"
             )
+        #: whether the decoder takes a batch of prompts in one run (see `predict_batch`)
+        self.batches_prompts = _session_metadata(decoder).get(PROMPT_BATCH_KEY) == "dynamic"
         if "image_size" not in self.metadata:
             raise ModelError(
                 f"{getattr(encoder, 'path', 'SAM encoder')}: metadata has no image_size; "
@@ -363,6 +446,63 @@ class SamPredictor:
             masks=masks[0, pick] > self.mask_threshold,
             scores=scores[0, pick].astype(np.float32, copy=False),
             low_res_logits=low_res[0, pick].astype(np.float32, copy=False),
+        )
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask_output: bool = True,
+        embedding: SamEmbedding | None = None,
+        return_logits: bool = False,
+    ) -> SamBatchPrediction:
+        """Masks for B prompts on one image, in one decoder run.
+
+        point_coords: (B, K, 2) xy in original-image pixels with point_labels (B, K) (1
+        positive, 0 negative); boxes: (B, 4) xyxy in original-image pixels; give either or
+        both (then B matches). Prompt b gives what `predict` gives for it (segment-anything's
+        `SamPredictor.predict_torch`). No mask input: refine masks one at a time with `predict`.
+        return_logits: masks as float32 logits instead of bool.
+        A decoder exported without a prompt batch axis (metadata `prompt_batch`) is run once
+        per prompt, with the same result.
+        """
+        current = embedding if embedding is not None else self._require_image()
+        point_coords, point_labels, boxes = check_batch_prompts(point_coords, point_labels, boxes)
+        coords, labels = batch_prompt_arrays(
+            point_coords, point_labels, boxes, current.original_size, self.image_size
+        )
+        feeds = {
+            "image_embeddings": current.features,
+            "mask_input": np.zeros((1, 1, self.low_res_size, self.low_res_size), np.float32),
+            "has_mask_input": np.zeros((1,), np.float32),
+            "orig_im_size": np.array(current.original_size, np.float32),
+        }
+        pick = slice(1, None) if multimask_output else slice(0, 1)
+        h, w = current.original_size
+        if len(coords) == 0:
+            m = 3 if multimask_output else 1
+            l_ = self.low_res_size
+            return SamBatchPrediction(
+                np.zeros((0, m, h, w), np.float32 if return_logits else bool),
+                np.zeros((0, m), np.float32), np.zeros((0, m, l_, l_), np.float32)
+            )
+        step = len(coords) if self.batches_prompts else 1
+        parts = []
+        for i in range(0, len(coords), step):
+            masks, scores, low_res = self._decoder.run(
+                {**feeds, "point_coords": coords[i:i + step], "point_labels": labels[i:i + step]}
+            )[:3]
+            masks = masks[:, pick]
+            masks = masks if return_logits else masks > self.mask_threshold
+            parts.append((masks, scores[:, pick], low_res[:, pick]))
+        masks, scores, low_res = (
+            parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts, strict=True)]
+        )
+        return SamBatchPrediction(
+            masks=masks if not return_logits else masks.astype(np.float32, copy=False),
+            scores=scores.astype(np.float32, copy=False),
+            low_res_logits=low_res.astype(np.float32, copy=False),
         )
 
     def _require_image(self) -> SamEmbedding:

@@ -7,7 +7,8 @@
 - `<stem>_decoder.onnx`: prompt encoder + mask decoder + mask upscaling, segment-anything's own
   `SamOnnxModel` with all four mask tokens returned and the crop
   to the unpadded size kept dynamic (`SamOnnxDecoder`) (dynamic number of points, box as two
-  corners labelled 2/3, optional mask input). See `detseg.pipeline.sam` for the inputs/outputs.
+  corners labelled 2/3, optional mask input, and a dynamic batch of prompts on one image
+  embedding: `point_coords` (B, N, 2), metadata `prompt_batch=dynamic`). See `detseg.pipeline.sam` for the inputs/outputs.
 - `<stem>_parity.json`: the parity report (`detseg.weights.sam_parity`), `"passed": true|false`.
 
 Both files carry metadata: detseg_task, model_type, image_size, low_res_size, mask_threshold,
@@ -33,7 +34,7 @@ from torch.nn import functional as F
 
 from detseg import __version__
 from detseg.errors import InputError
-from detseg.pipeline.sam import DECODER_TASK, ENCODER_TASK
+from detseg.pipeline.sam import DECODER_TASK, ENCODER_TASK, PROMPT_BATCH_KEY
 from detseg.weights.sam_arch import OFFICIAL_ARCHS, arch_of, build_sam_official, load_sam
 from detseg.weights.sam_parity import check_sam_parity
 
@@ -135,7 +136,9 @@ def export_sam(
     _export_encoder(model, encoder_path, opset)
     _write_metadata(encoder_path, {**metadata, "detseg_task": ENCODER_TASK})
     _export_decoder(model, decoder_path, opset)
-    _write_metadata(decoder_path, {**metadata, "detseg_task": DECODER_TASK})
+    _write_metadata(
+        decoder_path, {**metadata, "detseg_task": DECODER_TASK, PROMPT_BATCH_KEY: "dynamic"}
+    )
 
     report = check_sam_parity(model, encoder_path, decoder_path)
     report = {"model_type": model_type, "arch": arch.to_dict(), **report}
@@ -192,8 +195,37 @@ def _export_decoder(sam: Sam, path: Path, opset: int) -> None:
             do_constant_folding=True,
             input_names=list(dummy),
             output_names=["masks", "iou_predictions", "low_res_masks"],
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            dynamic_axes=PROMPT_AXES,
         )
+
+
+#: Dynamic axes of the decoder's prompt inputs: a batch of prompts (one mask set each, all on
+#: the one image embedding) and any number of points per prompt. `mask_input` and
+#: `has_mask_input` stay batch 1 (shared by the batch): in `SamOnnxModel._embed_masks`
+#: a `has_mask_input` of shape (B,) would broadcast against the embedding's last axis.
+PROMPT_AXES = {
+    "point_coords": {0: "num_prompts", 1: "num_points"},
+    "point_labels": {0: "num_prompts", 1: "num_points"},
+}
+
+
+def make_prompt_batch_dynamic(path: Path) -> None:
+    """Declare the prompt batch axis of an exported decoder dynamic, in place.
+
+    For decoders exported before the batch axis was declared (e.g. the embedded shapes SAM,
+    whose checkpoint is not shipped): the traced graph already computes every batch-dependent
+    shape from the inputs (`Shape` ops), only the declared input shape pins it to 1. Weights
+    and operators are untouched; `tests/weights/test_export_sam.py` checks batch N against N
+    single-prompt runs. Marks the model with metadata `prompt_batch=dynamic`.
+    """
+    model = onnx.load(str(path))
+    for inp in model.graph.input:
+        for axis, name in PROMPT_AXES.get(inp.name, {}).items():
+            dim = inp.type.tensor_type.shape.dim[axis]
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+    onnx.save(model, str(path))
+    _write_metadata(path, {PROMPT_BATCH_KEY: "dynamic"})
 
 
 def _write_metadata(path: Path, props: dict[str, str]) -> None:

@@ -75,3 +75,14 @@ def exported_onnx(name: str, family: str) -> list[Path]:
             f"(report: {summary.report_path}); not using it"
         )
     return onnx
+
+
+def sam_onnx(name: str | Path | None) -> tuple[Path, Path]:
+    """(encoder, decoder) ONNX files of a SAM: None or ``"builtin"`` gives the embedded one,
+    else a registry name or checkpoint, exported once (see `exported_onnx`)."""
+    if name is None or str(name) == BUILTIN:
+        from detseg.weights.builtin import default_sam
+
+        return default_sam()
+    encoder, decoder = exported_onnx(str(name), "sam")
+    return encoder, decoder
