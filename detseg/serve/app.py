@@ -503,7 +503,8 @@ def wire_sam(page: Page) -> None:
     page.event(sam.mode.change, on_mode, [page.state, sam.mode], out, group=CLICKS)
     ev = page.event(sam.export_btn.click, on_export, [page.state], [sam.mask_files], "sam_export",
                     group=CLICKS)
-    page.event(ev.failure, render, [page.state], out, group=CLICKS)
+    page.event(ev.failure, lambda s: (None, *render(s)), [page.state], [sam.mask_files, *out],
+               group=CLICKS)
 
 
 def run_detect(page: Page, session: Session, model: str, conf: float, iou: float, max_det: float):
