@@ -237,7 +237,8 @@ def sam_tab(ctx: h.ServeContext) -> SamTab:
                 undo_btn = gr.Button("Undo", size="sm", min_width=50)
                 clear_btn = gr.Button("Clear", size="sm", min_width=50)
             export_btn = gr.Button("Download mask", size="sm")
-            mask_files = gr.File(label="Mask files (PNG, COCO RLE)", file_count="multiple", height=90)
+            mask_files = gr.File(label="Mask files (PNG, COCO RLE)", file_count="multiple",
+                                 visible=False)
             with gr.Accordion("Type a point or a box", open=False):
                 with gr.Row():
                     px = gr.Number(label="x", precision=1, min_width=60)
@@ -503,7 +504,10 @@ def wire_sam(page: Page) -> None:
     page.event(sam.mode.change, on_mode, [page.state, sam.mode], out, group=CLICKS)
     ev = page.event(sam.export_btn.click, on_export, [page.state], [sam.mask_files], "sam_export",
                     group=CLICKS)
-    page.event(ev.failure, lambda s: (None, *render(s)), [page.state], [sam.mask_files, *out],
+    ev.success(lambda: gr.File(visible=True), None, [sam.mask_files], api_visibility="private",
+               queue=False)
+    page.event(ev.failure, lambda s: (gr.File(None, visible=False), *render(s)), [page.state],
+               [sam.mask_files, *out],
                group=CLICKS)
 
 

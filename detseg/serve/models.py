@@ -59,6 +59,16 @@ def detector_specs(models: Sequence[str], head: str | None = None) -> list[Detec
     return specs
 
 
+def _is_builtin_sam(paths: tuple[Path, Path]) -> bool:
+    """Whether ``paths`` are the embedded SAM's files (also when given explicitly)."""
+    try:
+        from detseg.weights.builtin import default_sam
+
+        return Path(paths[0]).resolve() == Path(default_sam()[0]).resolve()
+    except (ImportError, DetsegError, OSError):
+        return False
+
+
 class ModelHub:
     """Detectors by dropdown name, and one SAM predictor, loaded lazily and then reused.
 
@@ -167,7 +177,7 @@ class ModelHub:
         note = self.sam_status()
         if note is not None:
             return f"**Not available:** {note}"
-        if self._sam_name is None and self._sam_paths is None:
+        if self._sam_name is None and (self._sam_paths is None or _is_builtin_sam(self._sam_paths)):
             return ("Embedded small SAM (256 px), **trained on synthetic shapes only**: good on "
                     "the shapes samples, rough blobs on photos. Any object, no classes.")
         name = self._sam_name or Path(self._sam_paths[0]).name
