@@ -12,6 +12,11 @@ given) as a subprocess on 127.0.0.1, then:
    the encoder ran each time).
 2. load: C concurrent clients (each its own session and image) click for D seconds. Reports
    requests, errors, latency under load, throughput, and the server's RSS over time.
+3. concurrent sessions (``--sessions 8``): every session loads its own image, then all click
+   at once (``--session-clicks`` each); and the same with one of them uploading images
+   (encoder runs) while the others click. Reports click p50/p95. With ``--baseline-root
+   DIR`` (another checkout, e.g. main before the shared-embedding change) the same phase
+   runs first against a server started from DIR, and the ratios are printed.
 
 3. evaluate (``--evaluate``, run alone): the Evaluate tab on a 5,000-image synthetic set
    (36k ground truths, two results files of 500k detections each, A and B). Times start-up
@@ -22,6 +27,8 @@ given) as a subprocess on 127.0.0.1, then:
 
     .venv/bin/python bench/bench_serve.py [--clicks 200] [--clients 8] [--duration 60]
     .venv/bin/python bench/bench_serve.py --evaluate [--eval-images 5000] [--steps 100]
+
+    .venv/bin/python bench/bench_serve.py --only-sessions --baseline-root /tmp/base
 """
 
 from __future__ import annotations
@@ -55,13 +62,15 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) * 1000.0
 
 
-def start_server(port: int, args: argparse.Namespace) -> subprocess.Popen:
+def start_server(port: int, args: argparse.Namespace, root: Path = ROOT) -> subprocess.Popen:
+    """`detseg serve` from the checkout ``root`` (its own code first on the path)."""
     cmd = [sys.executable, "-m", "detseg", "serve", "--port", str(port),
            "--concurrency", str(args.concurrency)]
     if args.sam_encoder:
         cmd += ["--sam-encoder", args.sam_encoder, "--sam-decoder", args.sam_decoder]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -136,8 +145,9 @@ def session_clicks(session, points: np.ndarray, stop: threading.Event | None = N
                 session.call("sam_clear", download=False) if raw else session.predict(api_name="/sam_clear")
                 t0 = time.perf_counter()
             out = session.call("sam_point", *args) if raw else session.predict(*args, api_name="/sam_point")
-            if out[-1]["steps"] != i % 4 + 1:  # the session state really is this session's
-                raise RuntimeError(f"expected step {i % 4 + 1}, server says {out[-1]['steps']}")
+            summary = next(o for o in out if isinstance(o, dict) and "steps" in o)
+            if summary["steps"] != i % 4 + 1:  # the session state really is this session's
+                raise RuntimeError(f"expected step {i % 4 + 1}, server says {summary['steps']}")
             yield time.perf_counter() - t0, None
         except Exception as exc:  # noqa: BLE001 - counted and reported
             yield time.perf_counter() - t0, repr(exc)
@@ -323,6 +333,104 @@ def wait_http(proc: subprocess.Popen, url: str, limit_s: float = 600) -> None:
     proc.kill()
     raise SystemExit("detseg serve did not start")
 
+def concurrent_sessions(
+    url: str, images: list[Path], n: int, clicks: int, size: tuple[int, int], uploader: bool
+) -> tuple[list[float], list[str], float, int]:
+    """``n`` sessions, each with its own image, click ``clicks`` times all at once.
+
+    With ``uploader`` the last session uploads images in a loop instead (an encoder run each),
+    as a new user arriving while the others click. Returns (click seconds, errors, wall
+    seconds of the clicking, uploads done meanwhile).
+    """
+    from gradio_client import Client, handle_file
+
+    sessions = []
+    for k in range(n):
+        c = Client(url, verbose=False)
+        c.predict(handle_file(str(images[k % len(images)])), api_name="/load_image")
+        sessions.append(RawSession(url, c.session_hash))
+    clickers = sessions[:-1] if uploader else sessions
+    start = threading.Barrier(len(sessions) + 1)
+    done = threading.Event()
+    lat: list[list[float]] = [[] for _ in clickers]
+    errs: list[str] = []
+    uploads = [0]
+
+    def click(k: int) -> None:
+        pts = click_points(np.random.default_rng(100 + k), size, clicks)
+        start.wait()
+        for t, e in session_clicks(clickers[k], pts):
+            (lat[k].append(t) if e is None else errs.append(e))
+
+    def upload() -> None:
+        c = Client(url, verbose=False)
+        start.wait()
+        i = 0
+        while not done.is_set():
+            # a different image each time: a real encoder run, not the predictor's cache
+            c.predict(handle_file(str(images[(n + i) % len(images)])), api_name="/load_image")
+            uploads[0] += 1
+            i += 1
+
+    threads = [threading.Thread(target=click, args=(k,), daemon=True) for k in range(len(clickers))]
+    if uploader:
+        threads.append(threading.Thread(target=upload, daemon=True))
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.monotonic()
+    for t in threads[: len(clickers)]:
+        t.join()
+    wall = time.monotonic() - t0
+    done.set()
+    for t in threads[len(clickers):]:
+        t.join(timeout=120)
+    return [x for xs in lat for x in xs], errs, wall, uploads[0]
+
+
+def sessions_phase(url: str, images: list[Path], args: argparse.Namespace, size) -> dict[str, list[float]]:
+    """Both concurrent-session scenarios on the server at ``url``; prints and returns latencies."""
+    out = {}
+    for uploader in (False, True):
+        name = (f"{args.sessions - 1} sessions click, 1 uploads" if uploader
+                else f"{args.sessions} sessions click at once")
+        lat, errs, wall, ups = concurrent_sessions(
+            url, images, args.sessions, args.session_clicks, size, uploader)
+        extra = f", {ups} uploads meanwhile" if uploader else ""
+        print(f"  {name:34s} p50 {pct(lat, 50):7.1f} ms  p95 {pct(lat, 95):7.1f} ms  "
+              f"n {len(lat)}  errors {len(errs)}  {len(lat) / wall:.1f} clicks/s{extra}")
+        if errs:
+            print("    first errors:", *sorted(set(errs))[:3], sep="\n      ")
+        out[name] = lat
+    return out
+
+
+def run_sessions(args: argparse.Namespace, images: list[Path], size, url: str | None) -> None:
+    results = {}
+    roots = ([("baseline", Path(args.baseline_root))] if args.baseline_root else []) + [("this", ROOT)]
+    for label, root in roots:
+        print(f"\nconcurrent sessions, server from {root} ({label}), "
+              f"{args.session_clicks} clicks per session, server concurrency {args.concurrency}:")
+        if label == "this" and url is not None:
+            results[label] = sessions_phase(url, images, args, size)
+            continue
+        port = free_port()
+        proc = start_server(port, args, root)
+        try:
+            results[label] = sessions_phase(f"http://127.0.0.1:{port}/", images, args, size)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if "baseline" in results:
+        print("\nratio baseline / this (higher: this is faster):")
+        for name, lat in results["this"].items():
+            base = results["baseline"][name]
+            print(f"  {name:34s} p50 {pct(base, 50) / pct(lat, 50):5.2f}x  "
+                  f"p95 {pct(base, 95) / pct(lat, 95):5.2f}x")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,6 +439,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--image", type=Path, help="image for the latency phase (default: a shapes sample)")
+    ap.add_argument("--sessions", type=int, default=8, help="concurrent sessions (phase 3)")
+    ap.add_argument("--session-clicks", type=int, default=40, help="clicks per session (phase 3)")
+    ap.add_argument("--baseline-root", help="checkout to run phase 3 against first, for a ratio")
+    ap.add_argument("--only-sessions", action="store_true", help="run phase 3 only")
     ap.add_argument("--sam-encoder")
     ap.add_argument("--sam-decoder")
     ap.add_argument("--evaluate", action="store_true", help="run only section 3, the Evaluate tab")
@@ -346,7 +458,8 @@ def main() -> None:
     from detseg.serve.limits import Limits, read_upload
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    images = sample_images(tmp, max(args.clients, 1))
+    # phase 3 uploads a different image each time (the predictor caches 16 embeddings)
+    images = sample_images(tmp, max(args.clients, args.sessions + 40, 1))
     first = args.image or images[0]
     image = read_upload(first, first.name, Limits())
     sam_paths = (args.sam_encoder, args.sam_decoder) if args.sam_encoder else None
@@ -357,6 +470,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     points = click_points(rng, image.shape[:2], args.clicks)
 
+    if args.only_sessions:
+        run_sessions(args, images, image.shape[:2], None)
+        return
     port = free_port()
     proc = start_server(port, args)
     url = f"http://127.0.0.1:{port}/"
@@ -431,6 +547,9 @@ def main() -> None:
                   f"max {max(v for _, v in rss):.0f} (growth {100 * (tail - head) / head:+.1f} %)")
             step = max(1, len(rss) // 7)
             print("RSS over time (s: MiB):", ", ".join(f"{t:.0f}: {v:.0f}" for t, v in rss[::step]))
+
+        # ---- 3. concurrent sessions --------------------------------------------------------
+        run_sessions(args, images, image.shape[:2], url)
     finally:
         proc.terminate()
         try:

@@ -4,7 +4,8 @@
 2. `detseg predict` with the embedded YOLOv8n-seg (no model argument),
 3. `detseg eval` for boxes and masks (terminal tables, HTML/Markdown/JSON report),
 4. the same on the real COCO images and YOLOX-Nano in ../shared/assets, when present,
-5. `detseg serve` (the Gradio demo on 127.0.0.1) until Ctrl-C, unless ``--no-serve``.
+5. `detseg serve` (the Gradio demo on 127.0.0.1) until Ctrl-C, unless ``--no-serve``; the
+   real COCO photos are offered as samples (``--examples``) when present.
 
 Each step is the CLI command it prints, run in this process: the demo holds no logic of its own.
 """
@@ -25,6 +26,15 @@ def _run(args: list[str]) -> None:
 
     print(f"\n$ detseg {shlex.join(args)}", flush=True)
     app(args, standalone_mode=False)
+
+
+def serve_args(port: int, assets: Path = ASSETS) -> list[str]:
+    """`detseg serve` arguments of the demo: the real photos as samples when present."""
+    args = ["serve", "--port", str(port)]
+    photos = assets / "coco-val-11" / "images"
+    if photos.is_dir():
+        args += ["--examples", str(photos)]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{out / 'report-segm' / 'report.html'}")
         if not opts.no_serve:
             print("\nServing the demo on the embedded defaults; press Ctrl-C to stop.")
-            _run(["serve", "--port", str(opts.port)])
+            _run(serve_args(opts.port))
     except DetsegError as exc:
         print(f"detseg: error: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,11 @@ def serve(
     ),
     images: Path = typer.Option(None, "--images", help="Folder of the --gt images (default: beside the JSON)."),
     iou_type: str = typer.Option("bbox", "--iou-type", help="Evaluate tab: bbox or segm."),
+    examples: list[Path] = typer.Option(
+        None, "--examples",
+        help="A folder of photos to offer as samples beside the synthetic shapes (its image "
+        "files, at most 24). Repeat for several folders.",
+    ),
 ) -> None:
     """Open the demo: detection and segmentation with sliders, and Segment Anything prompts."""
     from detseg.serve.app import ServeOptions, build_app, launch, make_context
@@ -72,6 +77,10 @@ def serve(
         if path is not None and not path.is_file():
             raise InputError(f"{path}: SAM model file not found")
     evalset = _load_evaluation(gt, pred or [], images, iou_type)  # bad files: refused before serving
+    from detseg.serve.handlers import example_images
+
+    for folder in examples or []:
+        example_images(folder)  # refuse a missing or empty folder before loading models
     limits = Limits(max_upload_bytes=parse_size(max_upload), max_pixels=int(max_pixels))
     sam_paths = (sam_encoder, sam_decoder) if sam_encoder is not None else None
     hub = ModelHub(detector_specs(model or [], head), sam_paths=sam_paths, sam_name=sam, device=device)
@@ -87,7 +96,8 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1") and credentials is None:
         print(f"warning: serving on {host} without --auth; anyone who can reach it can use it")
-    options = ServeOptions(concurrency_limit=concurrency, max_queue=max_queue)
+    options = ServeOptions(concurrency_limit=concurrency, max_queue=max_queue,
+                           examples=tuple(Path(p) for p in examples or []))
     ctx = make_context(hub, limits)
     # Stop on SIGTERM as on Ctrl-C (Gradio closes the server on KeyboardInterrupt), so that
     # the session downloads below are removed either way.

@@ -84,15 +84,48 @@ def write_samples(folder: Path, n: int = 4) -> list[Path]:
 def load_image(ctx: ServeContext, session: Session, path: str | Path, name: str) -> None:
     """Decode an uploaded file into ``session`` and compute its SAM embedding now.
 
-    Computing the embedding at upload time means the first click pays only for the decoder.
-    A SAM that cannot load is not an error here (detection still works); the SAM tab says so.
+    Computing the embedding at upload time means each click pays only for the decoder. The
+    embedding is kept in the session (no shared "current image", no lock): sessions encode
+    and click at the same time without waiting on each other.
+    A refused file leaves the session with no image (never the previous one), so that the
+    page and detection cannot disagree about which image is loaded. A SAM that cannot load
+    is not an error here (detection still works); the SAM tab says so.
     """
-    image = read_upload(path, name, ctx.limits)
+    try:
+        image = read_upload(path, name, ctx.limits)
+    except InputError:
+        session.clear_image()
+        raise
     session.set_image(image, Path(name).name or "image")
     if ctx.hub.sam_status() is None:
-        sam = ctx.hub.sam()
-        with ctx.hub.sam_lock:
-            sam.set_image(image)
+        session.embedding = ctx.hub.sam().embed(image)
+
+
+def session_embedding(ctx: ServeContext, session: Session):
+    """The SAM embedding of the session's image (computed now if the upload did not)."""
+    image = _require_image(session)
+    if session.embedding is None or tuple(session.embedding.original_size) != image.shape[:2]:
+        session.embedding = ctx.hub.sam().embed(image)
+    return session.embedding
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def example_images(folder: Path, limit: int = 24) -> list[Path]:
+    """The image files directly in ``folder`` (sorted by name, at most ``limit``).
+
+    Raises InputError when ``folder`` is not a folder or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--examples {folder}: not a folder; give a folder of JPEG/PNG photos")
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise InputError(
+            f"--examples {folder}: no image files found (expected {', '.join(IMAGE_SUFFIXES)})"
+        )
+    return found[:limit]
 
 
 # ---- detection ----------------------------------------------------------------------------
@@ -177,22 +210,21 @@ def _check_box(image: np.ndarray, box) -> tuple[float, float, float, float]:
 
 
 def _predict(ctx: ServeContext, session: Session, step: SamStep) -> SamResult:
-    """Run the SAM prompt decoder for ``step`` (the embedding comes from the predictor cache)."""
-    image = _require_image(session)
+    """Run the SAM prompt decoder for ``step`` on the session's own embedding."""
+    embedding = session_embedding(ctx, session)
     sam = ctx.hub.sam()
     p = step.prompt
     coords = np.asarray(p.points, np.float32).reshape(-1, 2) if p.points else None
     labels = np.asarray(p.labels, np.int64) if p.points else None
     box = np.asarray(p.box, np.float32) if p.box is not None else None
-    with ctx.hub.sam_lock:
-        sam.set_image(image)
-        pred = sam.predict(
-            point_coords=coords,
-            point_labels=labels,
-            box=box,
-            mask_input=step.mask_input,
-            multimask_output=step.multimask,
-        )
+    pred = sam.predict(
+        point_coords=coords,
+        point_labels=labels,
+        box=box,
+        mask_input=step.mask_input,
+        multimask_output=step.multimask,
+        embedding=embedding,
+    )
     return SamResult(
         masks=np.asarray(pred.masks, bool),
         scores=np.asarray(pred.scores, np.float32),
@@ -347,24 +379,90 @@ def sam_export(ctx: ServeContext, session: Session) -> tuple[Path, Path]:
 def detections_to_sam(ctx: ServeContext, session: Session) -> Detections:
     """A SAM mask for every detection, prompted with its box (single-mask output).
 
-    Returns the detector's boxes, scores and classes with the SAM masks.
+    Returns the detector's boxes, scores and classes with the SAM masks
+    (`detseg.pipeline.sam_boxes.segment_boxes` on the session's embedding).
     """
-    image = _require_image(session)
+    from detseg.pipeline.sam_boxes import segment_boxes
+
+    _require_image(session)
     dets = session.detections
     if dets is None:
         raise InputError("no detections: run the detector first, then send its boxes to SAM")
-    h, w = image.shape[:2]
-    masks = np.zeros((len(dets), h, w), bool)
-    sam = ctx.hub.sam()
-    with ctx.hub.sam_lock:
-        sam.set_image(image)
-        for i, box in enumerate(dets.boxes):
-            pred = sam.predict(
-                point_coords=None, point_labels=None, box=np.asarray(box, np.float32),
-                mask_input=None, multimask_output=False,
-            )
-            masks[i] = np.asarray(pred.masks[0], bool)
-    return Detections(
-        boxes=dets.boxes, scores=dets.scores, class_ids=dets.class_ids, masks=masks,
-        class_names=dets.class_names, image_size=(h, w),
-    )
+    return segment_boxes(ctx.hub.sam(), session_embedding(ctx, session), dets)
+
+
+def detection_to_prompt(ctx: ServeContext, session: Session, index: int) -> None:
+    """Start a SAM prompt from detection ``index``'s box (earlier prompts are dropped).
+
+    The user can then add clicks to refine it, as after drawing the box by hand.
+    """
+    _require_image(session)
+    dets = session.detections
+    if dets is None or not len(dets):
+        raise InputError("no detections to refine: run the detector first")
+    if index is None or not 0 <= int(index) < len(dets):
+        raise InputError(f"detection: expected a row number in [0, {len(dets)}), found {index}")
+    session.clear_prompts()
+    sam_box(ctx, session, tuple(float(v) for v in dets.boxes[int(index)]), multimask=False)
+
+
+# ---- status lines (plain text for the page) -----------------------------------------------
+def image_status(session: Session, sam_note: str | None = None) -> str:
+    """One Markdown line on what is loaded, or why nothing is."""
+    if session.error and session.error_area == "image":
+        return f"**Not loaded:** {session.error}. No image is loaded now; upload another file."
+    if session.image is None:
+        return "No image loaded: upload one or pick a sample."
+    h, w = session.image.shape[:2]
+    line = f"Loaded **{session.image_name}** ({w}x{h})."
+    return line + (f" {sam_note}" if sam_note else "")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def sam_status(session: Session) -> str:
+    """One Markdown line under the SAM canvas: what to do next, the prompts, the mask."""
+    if session.error and session.error_area == "sam":
+        return f"**Could not do that:** {session.error}"
+    if session.image is None:
+        return "Upload an image, then click on an object."
+    if session.pending_corner is not None:
+        x, y = session.pending_corner
+        return (f"**Box: first corner at ({x:.0f}, {y:.0f}). Click the opposite corner** "
+                "(Undo cancels).")
+    p = session.prompt
+    if p.is_empty():
+        return "Click on an object to segment it."
+    parts = []
+    pos = sum(1 for v in p.labels if v == 1)
+    if pos:
+        parts.append(_plural(pos, "positive click"))
+    if len(p.labels) - pos:
+        parts.append(_plural(len(p.labels) - pos, "negative click"))
+    if p.box is not None:
+        parts.append("a box")
+    line = "Prompts: " + ", ".join(parts) + "."
+    chosen = chosen_mask(session)
+    if chosen is not None:
+        mask, score = chosen
+        n = len(session.result.scores)
+        which = f", candidate {session.steps[-1].choice + 1} of {n}" if n > 1 else ""
+        line += f" Mask: {int(mask.sum()):,} pixels, predicted IoU {score:.2f}{which}."
+    return line
+
+
+def detect_status(session: Session, dets: Detections | None, what: str = "") -> str:
+    """One Markdown line above the detections: how many, by which model."""
+    if session.error and session.error_area == "detect":
+        return f"**Could not do that:** {session.error}"
+    if session.image is None:
+        return "No image loaded."
+    if dets is None:
+        return "Press Detect."
+    by = f" by **{session.detector_name}**" if session.detector_name else ""
+    line = f"{_plural(len(dets), 'detection')}{by}{what}."
+    if len(dets):
+        line += " Select a row, then *Refine in Segment Anything* to edit its mask."
+    return line

@@ -2,9 +2,8 @@
 
 `ModelHub` maps the names shown in the model dropdown to detector specs (the embedded default,
 a registry name, or a local ONNX file) and loads each detector on first use. The SAM predictor
-keeps the current image inside it (``set_image`` then ``predict``), so calls from different
-sessions are serialised by a lock; its own cache keeps the embedding of recent images, so a
-click on an image seen before runs only the prompt decoder.
+is shared without a lock: each session keeps its own image embedding (``embed``) and passes it
+to ``predict(embedding=...)``, and onnxruntime sessions may run from several threads at once.
 """
 
 from __future__ import annotations
@@ -60,6 +59,16 @@ def detector_specs(models: Sequence[str], head: str | None = None) -> list[Detec
     return specs
 
 
+def _is_builtin_sam(paths: tuple[Path, Path]) -> bool:
+    """Whether ``paths`` are the embedded SAM's files (also when given explicitly)."""
+    try:
+        from detseg.weights.builtin import default_sam
+
+        return Path(paths[0]).resolve() == Path(default_sam()[0]).resolve()
+    except (ImportError, DetsegError, OSError):
+        return False
+
+
 class ModelHub:
     """Detectors by dropdown name, and one SAM predictor, loaded lazily and then reused.
 
@@ -92,8 +101,6 @@ class ModelHub:
         self._sam: Any = None
         self._sam_error: str | None = None
         self._load_lock = threading.Lock()
-        # The predictor holds "the current image"; set_image + predict must not interleave.
-        self.sam_lock = threading.Lock()
 
     @property
     def names(self) -> list[str]:
@@ -143,6 +150,38 @@ class ModelHub:
         except ModelError as exc:
             return str(exc)
         return None
+
+    # ---- what each model knows (a line under each model picker) ---------------------
+    def describe_detector(self, name: str) -> str:
+        """One Markdown line: the classes ``name`` detects, and for the embedded model that it
+        was trained on synthetic shapes only; or why it cannot load."""
+        try:
+            det = self.detector(name)
+        except ModelError as exc:
+            return f"**Not available:** {exc}"
+        names = getattr(getattr(det, "meta", None), "names", None) or {}
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names)]
+        names = [str(n) for n in names]
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        knows = f"Knows {len(names)} classes: {shown}." if names else "Its classes are not named in the file."
+        if self.specs[name].model is None:
+            return ("Embedded YOLOv8n-seg, **trained on synthetic shapes only**: it finds the "
+                    f"shapes of the samples, not objects in photos. {knows}")
+        if len(names) == 80 and names[:1] == ["person"]:
+            knows = f"Trained on COCO's 80 everyday classes: {shown}."
+        return knows
+
+    def describe_sam(self) -> str:
+        """One Markdown line on the Segment Anything model in use."""
+        note = self.sam_status()
+        if note is not None:
+            return f"**Not available:** {note}"
+        if self._sam_name is None and (self._sam_paths is None or _is_builtin_sam(self._sam_paths)):
+            return ("Embedded small SAM (256 px), **trained on synthetic shapes only**: good on "
+                    "the shapes samples, rough blobs on photos. Any object, no classes.")
+        name = self._sam_name or Path(self._sam_paths[0]).name
+        return f"Segment Anything `{name}`: segments any object you point at; it has no classes."
 
     # ---- default loaders ----------------------------------------------------------------
     def _default_load_detector(self, spec: DetectorSpec) -> Any:

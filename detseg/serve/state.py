@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from detseg.detections import Detections
+
+if TYPE_CHECKING:
+    from detseg.pipeline.sam import SamEmbedding
 
 # Undo history is capped so that one session cannot grow without bound; each step keeps a
 # (256, 256) float32 low-res mask (256 KiB) when refining.
@@ -88,22 +92,30 @@ class Session:
         image: (H, W, 3) uint8 RGB, or None before the first upload.
         image_name: file name the user uploaded (used in downloads and COCO ``image_id``).
         image_key: sha1 of the pixels; identifies the image for caches and tests.
+        embedding: the SAM image embedding of ``image`` (computed once at upload, then every
+            click of this session runs only the prompt decoder on it), or None.
         detections: the last detector output on this image, or None.
         detector_name: the model that produced ``detections``.
         steps: SAM undo history, oldest first; the last step is the one shown.
         result: decoder output of the last step, or None when no prompt is active.
         pending_corner: first corner (x, y) of a box being drawn with two clicks.
+        error: the message of the last action that failed (shown in the page's status
+            lines until the next action), or "".
+        error_area: where it failed: "image", "sam" or "detect".
     """
 
     session_id: str = ""
     image: np.ndarray | None = None
     image_name: str = "image"
     image_key: str = ""
+    embedding: SamEmbedding | None = field(default=None, repr=False)
     detections: Detections | None = None
     detector_name: str = ""
     steps: list[SamStep] = field(default_factory=list)
     result: SamResult | None = None
     pending_corner: tuple[float, float] | None = None
+    error: str = ""
+    error_area: str = ""
 
     def ensure_id(self) -> str:
         if not self.session_id:
@@ -115,6 +127,17 @@ class Session:
         self.image = image
         self.image_name = name
         self.image_key = hashlib.sha1(np.ascontiguousarray(image).data).hexdigest()
+        self.embedding = None
+        self.detections = None
+        self.detector_name = ""
+        self.clear_prompts()
+
+    def clear_image(self) -> None:
+        """Forget the image, its embedding, detections and prompts (as before any upload)."""
+        self.image = None
+        self.image_name = "image"
+        self.image_key = ""
+        self.embedding = None
         self.detections = None
         self.detector_name = ""
         self.clear_prompts()

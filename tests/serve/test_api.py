@@ -33,23 +33,25 @@ def test_detect_then_segment_through_the_api(served: str, coco_images, hub) -> N
     c = _client(served)
     *_, status = c.predict(handle_file(str(coco_images[0])), api_name="/load_image")
     assert coco_images[0].name in status
-    image_path, table, coco_json = c.predict(hub.default_name, 0.3, 0.5, 100, api_name="/detect")
+    image_path, table, coco_json, det_status = c.predict(hub.default_name, 0.3, 0.5, 100, api_name="/detect")
+    assert f"{len(table['data'])} detections" in det_status
     assert Image.open(image_path).size == Image.open(coco_images[0]).size
     records = json.loads(Path(coco_json).read_text())
     assert len(records) == len(table["data"]) > 0
     assert [r["score"] for r in records] == pytest.approx([row[2] for row in table["data"]], abs=1e-3)
 
-    canvas, candidates, summary = c.predict(320, 200, "positive", True, False, api_name="/sam_point")
+    canvas, candidates, summary, sam_status = c.predict(320, 200, "positive", True, False, api_name="/sam_point")
+    assert "1 positive click" in sam_status and f"{summary['area']:,} pixels" in sam_status
     assert summary["points"] == [[320.0, 200.0]] and summary["labels"] == [1]
     assert len(summary["scores"]) == 3 and summary["choice"] == int(np.argmax(summary["scores"]))
     assert [v for _, v in candidates["choices"]] == [0, 1, 2]
     assert Image.open(canvas).size == Image.open(coco_images[0]).size
 
-    _, _, chosen = c.predict(2, api_name="/sam_choose")
+    _, _, chosen, _ = c.predict(2, api_name="/sam_choose")
     assert chosen["choice"] == 2 and chosen["scores"] == summary["scores"]
-    _, _, neg = c.predict(50, 50, "negative", False, True, api_name="/sam_point")
+    _, _, neg, _ = c.predict(50, 50, "negative", False, True, api_name="/sam_point")
     assert neg["labels"] == [1, 0] and len(neg["scores"]) == 1
-    _, _, undone = c.predict(api_name="/sam_undo")
+    _, _, undone, _ = c.predict(api_name="/sam_undo")
     assert undone["labels"] == [1] and undone["choice"] == 2 and undone["area"] == chosen["area"]
 
     png, rle = c.predict(api_name="/sam_export")
@@ -57,14 +59,24 @@ def test_detect_then_segment_through_the_api(served: str, coco_images, hub) -> N
     assert int(mask.sum()) == undone["area"]
     assert json.loads(Path(rle).read_text())[0]["area"] == undone["area"]
 
-    _, _, boxed = c.predict(10, 20, 300, 250, False, False, api_name="/sam_box")
+    _, _, boxed, _ = c.predict(10, 20, 300, 250, False, False, api_name="/sam_box")
     assert boxed["box"] == [10.0, 20.0, 300.0, 250.0] and len(boxed["scores"]) == 1
-    _, _, cleared = c.predict(api_name="/sam_clear")
+    _, _, cleared, _ = c.predict(api_name="/sam_clear")
     assert cleared["steps"] == 0 and cleared["scores"] == []
 
-    _, sam_table, sam_json = c.predict(api_name="/detections_to_sam")
+    _, sam_table, sam_json, _ = c.predict(api_name="/detections_to_sam")
     assert len(sam_table["data"]) == len(table["data"])
     assert all(r["segmentation"]["size"] == list(mask.shape) for r in json.loads(Path(sam_json).read_text()))
+
+    # a detection sent to Segment Anything: its box becomes the prompt, ready for more clicks
+    _, _, refined, refine_status = c.predict(1, api_name="/refine_detection")[:4]
+    assert refined["box"] == pytest.approx(table["data"][1][3:7], abs=0.06)
+    assert refined["points"] == [] and len(refined["scores"]) == 1 and refined["area"] > 0
+    assert "a box" in refine_status
+    _, _, more, _ = c.predict(60, 60, "negative", False, True, api_name="/sam_point")
+    assert more["box"] == refined["box"] and more["labels"] == [0]
+    with pytest.raises(AppError, match="row number in"):
+        c.predict(len(table["data"]), api_name="/refine_detection")
 
 
 def test_embedded_detector_finds_shapes_in_a_sample(served: str, hub, tmp_path: Path) -> None:
@@ -74,7 +86,7 @@ def test_embedded_detector_finds_shapes_in_a_sample(served: str, hub, tmp_path: 
         pytest.skip("the embedded default detector is not packaged yet")
     c = _client(served)
     c.predict(handle_file(str(write_samples(tmp_path, 1)[0])), api_name="/load_image")
-    _, table, coco_json = c.predict("builtin", 0.25, 0.45, 100, api_name="/detect")
+    _, table, coco_json, _ = c.predict("builtin", 0.25, 0.45, 100, api_name="/detect")
     from detseg.data.shapes import CLASSES
 
     assert table["data"] and {row[1] for row in table["data"]} <= set(CLASSES)
@@ -87,8 +99,8 @@ def test_sessions_are_isolated(served: str, coco_images) -> None:
     a, b = _client(served), _client(served)
     a.predict(handle_file(str(coco_images[0])), api_name="/load_image")
     b.predict(handle_file(str(coco_images[1])), api_name="/load_image")
-    _, _, sa = a.predict(100, 100, "positive", True, False, api_name="/sam_point")
-    _, _, sb = b.predict(api_name="/sam_clear")
+    _, _, sa, _ = a.predict(100, 100, "positive", True, False, api_name="/sam_point")
+    _, _, sb, _ = b.predict(api_name="/sam_clear")
     assert sa["image"] == coco_images[0].name and sa["steps"] == 1
     assert sb["image"] == coco_images[1].name and sb["steps"] == 0
     fresh = _client(served)
@@ -114,8 +126,12 @@ def test_bad_uploads_give_a_message_and_the_server_lives_on(
     served: str, tmp_path: Path, coco_images, make, message
 ) -> None:
     c = _client(served)
+    c.predict(handle_file(str(coco_images[0])), api_name="/load_image")
     with pytest.raises(AppError, match=message):
         c.predict(handle_file(str(make(tmp_path))), api_name="/load_image")
+    # the refused file replaced the earlier image: nothing runs on the old one any more
+    with pytest.raises(AppError, match="no image loaded"):
+        c.predict(None, 0.3, 0.5, 10, api_name="/detect")
     *_, status = c.predict(handle_file(str(coco_images[1])), api_name="/load_image")
     assert coco_images[1].name in status
 

@@ -73,12 +73,17 @@ def _stop(proc: subprocess.Popen) -> str:
     return out or ""
 
 
-def test_serve_listens_on_loopback_only(yolox_nano: Path, sam_paths) -> None:
+def test_serve_listens_on_loopback_only(yolox_nano: Path, sam_paths, coco_images) -> None:
     port = free_port()
     proc = _serve(["--port", str(port), "--model", str(yolox_nano), "--head", "yolox",
-                   "--sam-encoder", str(sam_paths[0]), "--sam-decoder", str(sam_paths[1])])
+                   "--sam-encoder", str(sam_paths[0]), "--sam-decoder", str(sam_paths[1]),
+                   "--examples", str(coco_images[0].parent)])
     try:
         _check_served(proc, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config") as r:  # noqa: S310
+            config = r.read().decode()
+        for photo in coco_images:  # --examples: the real photos are offered as samples
+            assert f'"{photo.stem}"' in config, photo.name
     finally:
         out = _stop(proc)
     assert "detector: yolox_nano.onnx" in out and "segment anything: ready" in out
@@ -103,12 +108,22 @@ def test_serve_without_arguments_uses_the_embedded_models() -> None:
      (["--auth", ":pw"], "--auth: expected USER:PASSWORD"),
      (["--sam-encoder", "enc.onnx"], "expected both or neither"),
      (["--sam-encoder", "enc.onnx", "--sam-decoder", "dec.onnx"], "enc.onnx: SAM model file not found"),
-     (["--max-upload", "lots"], "upload size limit")],
+     (["--max-upload", "lots"], "upload size limit"),
+     (["--examples", "no/such/folder"], "--examples no/such/folder: not a folder"),
+     (["--examples", "tests/serve"], "no image files found")],
 )
 def test_bad_options_are_refused_before_serving(args, message) -> None:
     result = CliRunner().invoke(app, ["serve", *args])
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
+
+
+def test_make_demo_offers_the_coco_photos_when_present(assets: Path, tmp_path: Path) -> None:
+    from detseg.demo import serve_args
+
+    assert serve_args(7860, assets) == [
+        "serve", "--port", "7860", "--examples", str(assets / "coco-val-11" / "images")]
+    assert serve_args(7860, tmp_path) == ["serve", "--port", "7860"]
 
 
 def test_busy_port_is_explained(yolox_nano: Path, sam_paths) -> None:

@@ -277,3 +277,119 @@ def test_detector_specs_from_command_line(yolox_nano: Path) -> None:
     assert [s.name for s in specs] == ["yolox_nano.onnx", "builtin"]
     assert specs[0].head == "yolox" and specs[1].model is None
     assert [s.name for s in detector_specs([])] == ["builtin"]
+
+
+# ---- shared embeddings: per-session state, no lock -----------------------------------------
+class SpySam:
+    """A SamPredictor wrapper that counts embed/set_image calls and can hold decoder calls
+    at a barrier (to prove that two sessions are inside the decoder at the same time)."""
+
+    def __init__(self, inner, barrier=None) -> None:
+        self.inner, self.barrier = inner, barrier
+        self.embeds = self.set_images = 0
+        self.embeddings_seen: list = []
+
+    def embed(self, image):
+        self.embeds += 1
+        return self.inner.embed(image)
+
+    def set_image(self, image):
+        self.set_images += 1
+        return self.inner.set_image(image)
+
+    def predict(self, **kw):
+        self.embeddings_seen.append(kw.get("embedding"))
+        if self.barrier is not None:
+            self.barrier.wait()
+        return self.inner.predict(**kw)
+
+
+def _spy_ctx(sam_paths, yolox_nano, tmp_path, barrier=None):
+    from detseg.pipeline.sam import SamPredictor
+    from detseg.serve.app import make_context
+    from detseg.serve.limits import Limits
+
+    spy = SpySam(SamPredictor.load(*sam_paths, device="cpu"), barrier)
+    hub = ModelHub(detector_specs([str(yolox_nano)], "yolox"), device="cpu", load_sam=lambda: spy)
+    return make_context(hub, Limits(), tmp_path), spy
+
+
+def test_clicks_use_the_session_embedding_without_hashing_the_image(
+    sam_paths, yolox_nano, coco_images, tmp_path
+) -> None:
+    ctx, spy = _spy_ctx(sam_paths, yolox_nano, tmp_path)
+    s = Session()
+    h.load_image(ctx, s, coco_images[0], "a.jpg")
+    assert spy.embeds == 1 and s.embedding is not None
+    for i in range(4):
+        h.sam_point(ctx, s, 100 + 10 * i, 120)
+    h.sam_undo(ctx, s)
+    h.sam_box(ctx, s, (10, 10, 200, 200))
+    h.detect(ctx, s, ctx.hub.default_name, 0.3, 0.5)
+    h.detections_to_sam(ctx, s)
+    assert spy.embeds == 1 and spy.set_images == 0  # no encoder run, no image hash per click
+    assert spy.embeddings_seen and all(e is s.embedding for e in spy.embeddings_seen)
+
+
+def test_sessions_click_at_the_same_time_without_waiting_on_each_other(
+    sam_paths, yolox_nano, coco_images, reference_sam, tmp_path
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Every decoder call waits until 4 sessions are inside it at once: a lock around SAM
+    # (or a shared "current image") makes the barrier break instead of the test passing.
+    barrier = threading.Barrier(4, timeout=60)
+    ctx, spy = _spy_ctx(sam_paths, yolox_nano, tmp_path, barrier)
+    sessions = [Session() for _ in range(4)]
+    for s, path in zip(sessions, coco_images[:4], strict=True):
+        h.load_image(ctx, s, path, path.name)
+
+    def clicks(s: Session) -> None:
+        for k in range(3):
+            h.sam_point(ctx, s, 150 + 20 * k, 140, multimask=True)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(clicks, sessions))
+    for s in sessions:  # each session got the answer for its own image
+        pts = np.array([[150, 140], [170, 140], [190, 140]], np.float32)
+        ref = _ref(reference_sam, s.image, point_coords=pts, point_labels=np.ones(3, int))
+        assert np.array_equal(s.result.masks, ref.masks), s.image_name
+
+
+def test_a_refused_upload_unloads_the_previous_image(ctx, loaded, tmp_path) -> None:
+    h.sam_point(ctx, loaded, 100, 100)
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match="holiday.png"):
+        h.load_image(ctx, loaded, bad, bad.name)
+    assert loaded.image is None and loaded.embedding is None and loaded.result is None
+    with pytest.raises(InputError, match="no image loaded"):
+        h.detect(ctx, loaded, ctx.hub.default_name, 0.3, 0.5)
+
+
+def test_status_lines_say_what_is_going_on(ctx, loaded) -> None:
+    assert h.sam_status(loaded) == "Click on an object to segment it."
+    h.sam_corner(ctx, loaded, 40, 50)
+    assert "first corner at (40, 50)" in h.sam_status(loaded)
+    assert "Click the opposite corner" in h.sam_status(loaded)
+    h.sam_corner(ctx, loaded, 200, 220)
+    h.sam_point(ctx, loaded, 100, 120, positive=False, multimask=False)
+    line = h.sam_status(loaded)
+    assert "1 negative click, a box" in line and f"{int(loaded.result.masks[0].sum()):,} pixels" in line
+    assert f"Loaded **{loaded.image_name}** (640x426)" in h.image_status(loaded)
+    loaded.error, loaded.error_area = "x.png: not an image", "image"
+    assert h.image_status(loaded).startswith("**Not loaded:** x.png: not an image")
+
+
+def test_a_detection_becomes_a_box_prompt(ctx, loaded, reference_sam) -> None:
+    with pytest.raises(InputError, match="run the detector first"):
+        h.detection_to_prompt(ctx, loaded, 0)
+    h.sam_point(ctx, loaded, 5, 5)
+    dets = h.detect(ctx, loaded, ctx.hub.default_name, 0.3, 0.5)
+    h.detection_to_prompt(ctx, loaded, 1)
+    assert loaded.prompt.points == () and loaded.prompt.box == pytest.approx(tuple(dets.boxes[1]))
+    ref = _ref(reference_sam, loaded.image, box=dets.boxes[1], multimask_output=False)
+    assert np.array_equal(loaded.result.masks, ref.masks)
+    with pytest.raises(InputError, match=r"row number in \[0, "):
+        h.detection_to_prompt(ctx, loaded, len(dets))

@@ -67,3 +67,22 @@ def test_unknown_detector_name_is_explained(model_cache: Path) -> None:
 def test_hub_needs_a_detector() -> None:
     with pytest.raises(ModelError, match="at least one detector"):
         ModelHub([])
+
+
+def test_each_model_says_what_it_knows(yolox_nano: Path, sam_paths, model_cache: Path) -> None:
+    from tests.serve.conftest import builtin_detector, builtin_sam
+
+    models = [str(yolox_nano)] + (["builtin"] if builtin_detector() else []) + ["missing.onnx"]
+    hub = ModelHub(detector_specs(models, head="yolox"), sam_paths=sam_paths, device="cpu")
+    line = hub.describe_detector("yolox_nano.onnx")
+    assert line.startswith("Trained on COCO's 80 everyday classes: person, bicycle") and "68 more" in line
+    assert hub.describe_detector("missing.onnx").startswith("**Not available:**")
+    if builtin_detector():
+        line = hub.describe_detector("builtin")
+        assert "trained on synthetic shapes only" in line
+        assert "Knows 6 classes: circle, square, triangle, star, hexagon, ellipse" in line
+    sam_line = hub.describe_sam()
+    if builtin_sam() is not None and sam_paths == builtin_sam():
+        assert "trained on synthetic shapes only" in sam_line
+    else:
+        assert "no classes" in sam_line and "synthetic" not in sam_line
