@@ -211,7 +211,7 @@ def sam_encoder_times(device_provider: str, iters: int) -> dict:
         # (height, width, 3) uint8 resized so that the longest side is the model's (256 for
         # the embedded one, 1024 for SAM's); 4:3 like a photo.
         side = int(s.get_modelmeta().custom_metadata_map.get("image_size", 256))
-        shape = [d if isinstance(d, int) else v for d, v in zip(inp.shape, (side * 3 // 4, side))]
+        shape = [d if isinstance(d, int) else v for d, v in zip(inp.shape, (side * 3 // 4, side), strict=False)]
         dtype = np.uint8 if "uint8" in inp.type else np.float32
         x = (np.random.default_rng(0).random(shape) * 255).astype(dtype)
         s.run(None, {inp.name: x})
