@@ -15,6 +15,8 @@ absent (``neg_category_ids``) and those whose instances may be incompletely labe
   negative list (the detector is not judged on what nobody checked);
 - an unmatched detection of a not-exhaustively labelled category is ignored, not a false
   positive;
+- annotations and detections of area 0 are left out altogether (``LVIS.get_ann_ids`` keeps
+  ``0 < area``), after the 300 cut;
 - no crowd annotations; one maxDets (300); AP per frequency group (APr, APc, APf).
 
 The matching is COCO's greedy rule, so `detseg.eval.match.match` does it; the accumulation
@@ -151,6 +153,15 @@ def _subset(res: Results, keep: np.ndarray) -> Results:
                    area=res.area[keep], score=res.score[keep], segmentation=segs)
 
 
+def _subset_gt(gt: GroundTruth, keep: np.ndarray) -> GroundTruth:
+    """The annotations at the sorted positions ``keep`` (images and categories unchanged)."""
+    if keep.shape[0] == len(gt):
+        return gt
+    segs = [gt.segmentation[i] for i in keep.tolist()]
+    return replace(gt, img=gt.img[keep], cat=gt.cat[keep], ids=gt.ids[keep], bbox=gt.bbox[keep],
+                   area=gt.area[keep], crowd=gt.crowd[keep], segmentation=segs)
+
+
 def top_per_image(res: Results, max_dets: int = MAX_DETS) -> np.ndarray:
     """Sorted positions of the ``max_dets`` best-scored results of each image (ties: file order).
 
@@ -185,6 +196,9 @@ def evaluate_lvis(gt: str | Path | Mapping, results: str | Path | Sequence | Map
     g = replace(g, crowd=np.zeros_like(g.crowd))  # LVISEval treats every annotation as regular
     res = load_results(results, g, iou_type)
     res = _subset(res, top_per_image(res))
+    # LVIS.get_ann_ids keeps 0 < area < inf, for the ground truth and the (cut) results alike
+    g = _subset_gt(g, np.flatnonzero(g.area > 0))
+    res = _subset(res, np.flatnonzero(res.area > 0))
     n_cat = len(g.cat_ids)
     positive = np.zeros_like(fields.neg)
     positive[g.img, g.cat] = True

@@ -125,3 +125,23 @@ def test_cli_protocol_lvis(lvis_api, tmp_path):
     refused = subprocess.run([sys.executable, "-m", "detseg", "eval", "--protocol", "lvis",
                               "--data", str(gt_path)], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--protocol lvis" in refused.stderr
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_zero_area_annotations_and_detections_are_left_out_as_the_package_does(
+        lvis_api, tmp_path, iou_type):
+    # LVIS.get_ann_ids keeps 0 < area only: such ground truth neither counts nor makes its
+    # category "present" in the image, and such detections are dropped after the 300 cut.
+    # (Found at 300 segm images, where tiny polygons rasterise to 0 pixels.)
+    gt, res = make_lvis_problem(11, n_images=30, segm=iou_type == "segm")
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(gt["annotations"]), 12, replace=False):
+        gt["annotations"][i]["area"] = 0.0
+    for i in rng.choice(len(res), 40, replace=False):
+        res[i]["bbox"][2] = 0.0
+    path = _dump(tmp_path, gt)
+    ref = _reference(lvis_api, path, res, iou_type)
+    ours = evaluate_lvis(path, copy.deepcopy(res), iou_type)
+    for key, value in ref.results.items():
+        assert abs(ours.results[key] - value) <= 1e-12, key
+    np.testing.assert_allclose(ours.precision, ref.eval["precision"], rtol=0, atol=1e-12)
