@@ -104,5 +104,5 @@ def test_no_detections_give_an_empty_mask_stack(pair) -> None:
 def test_detections_of_another_image_size_are_refused(pair) -> None:
     _, ours = pair
     _, dets = image_and_detections(100, 120, 2, seed=0)
-    with pytest.raises(InputError, match="120x100 image.*found an image of 90x80"):
+    with pytest.raises(InputError, match=r"an image of \(100, 120\).*given is \(80, 90\)"):
         segment_boxes(ours, np.zeros((80, 90, 3), np.uint8), dets)
