@@ -6,8 +6,9 @@ import gradio as gr
 
 from detseg.serve.app import API_NAMES, CLICKS, HEAVY, ServeOptions, build_app
 
-MODEL_RUNS = {"load_image", "detect", "detections_to_sam"}
-PROMPTS = {"sam_point", "sam_box", "sam_undo", "sam_clear", "sam_choose", "sam_export", "refine_detection"}
+MODEL_RUNS = {"load_image", "detect", "detections_to_sam", "sam_everything"}
+PROMPTS = {"sam_point", "sam_box", "sam_undo", "sam_clear", "sam_choose", "sam_export", "refine_detection",
+           "sam_pick_everything"}
 
 
 def test_model_runs_and_clicks_have_their_own_concurrency_limits(ctx) -> None:
