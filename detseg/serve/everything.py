@@ -25,7 +25,7 @@ from detseg.errors import InputError
 from detseg.pipeline.sam_auto import GeneratedMasks, MaskGeneratorSettings, SamMaskGenerator
 from detseg.serve import handlers as h
 from detseg.serve.render import _resize, instance_color, place_labels, view_scale
-from detseg.serve.state import Session
+from detseg.serve.state import Prompt, SamStep, Session
 
 # segment-anything's defaults (IoU 0.88, stability 0.95, 32x32 points) keep very few masks
 # with the embedded SAM (256 px, trained on synthetic shapes only); these keep the useful ones
@@ -97,15 +97,16 @@ def pick(ctx: h.ServeContext, session: Session, index: int | None) -> float:
 
     target = mask_utils.decode(_bytes_rle(gen.rles[i])).astype(bool)
     x, y = (float(v) for v in gen.point_coords[i])
-    session.clear_prompts()
-    h._apply(ctx, session, session.prompt.with_point(x, y, 1), multimask=True, refine=False)
-    masks = session.result.masks
-    inter = (masks & target).sum(axis=(1, 2))
-    union = (masks | target).sum(axis=(1, 2))
+    step = SamStep(prompt=Prompt().with_point(x, y, 1), multimask=True)
+    result = h._predict(ctx, session, step)
+    inter = (result.masks & target).sum(axis=(1, 2))
+    union = (result.masks | target).sum(axis=(1, 2))
     ious = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    best = int(np.argmax(ious))
-    session.steps[-1].choice = best
-    return float(ious[best])
+    step.choice = int(np.argmax(ious))
+    # the session changes only here, in one go (another event of this session may be running)
+    session.clear_prompts()
+    session.push(step, result)
+    return float(ious[step.choice])
 
 
 def _bytes_rle(rle: dict) -> dict:
