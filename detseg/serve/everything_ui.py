@@ -47,7 +47,7 @@ def add(page, user_errors, sam_outputs, clicks: str) -> None:
     def on_pick(session, index):
         """Make generated mask ``index`` (0-based) the current SAM mask."""
         ev.pick(ctx, session, index)
-        return (*sam_outputs(page, session), gr.Dropdown(value=int(index)))
+        return (*sam_outputs(page, session), gr.Dropdown())
 
     def redraw(session):
         return (*sam_outputs(page, session), gr.Dropdown())
@@ -57,7 +57,7 @@ def add(page, user_errors, sam_outputs, clicks: str) -> None:
 
     failed(page.event(run_btn.click, on_everything, [page.state], out, "sam_everything",
                       show_progress_on=[sam.canvas]))
-    failed(page.event(masks.input, on_pick, [page.state, masks], out, group=clicks))
+    failed(page.event(masks.select, on_pick, [page.state, masks], out, group=clicks))
     failed(page.event(pick_btn.click, on_pick, [page.state, pick_idx], out,
                       "sam_pick_everything", group=clicks))
 

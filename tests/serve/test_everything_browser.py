@@ -24,7 +24,23 @@ from tests.serve.test_browser import (  # noqa: F401 - fixtures
 pytestmark = pytest.mark.browser
 
 
-def test_segment_everything_then_pick_a_mask_and_download_it(page) -> None:  # noqa: F811
+@pytest.fixture()
+def pick_calls(monkeypatch) -> list:
+    """The indices that `everything.pick` was called with (the app runs in-process)."""
+    from detseg.serve import everything
+
+    calls: list = []
+    real = everything.pick
+
+    def counting(ctx, session, index):
+        calls.append(index)
+        return real(ctx, session, index)
+
+    monkeypatch.setattr(everything, "pick", counting)
+    return calls
+
+
+def test_segment_everything_then_pick_a_mask_and_download_it(page, pick_calls) -> None:  # noqa: F811
     if builtin_sam() is None:
         pytest.skip("the embedded SAM is not packaged: a random-weight SAM finds no shapes")
     page.get_by_text("shapes 1", exact=True).click()
@@ -47,10 +63,11 @@ def test_segment_everything_then_pick_a_mask_and_download_it(page) -> None:  # n
     page.locator("#everything-masks input").click()
     options = page.get_by_role("option")
     assert options.count() == n
-    page.get_by_role("option", name=re.compile(r"^#0\s")).click()
+    page.get_by_role("option", name=re.compile(rf"^#{n - 1}\s")).click()
     page.locator("#sam-status").get_by_text("1 positive click").wait_for()
     _wait_new_image(page, "sam-canvas", src)
     assert page.locator("#candidates input[type=radio]").count() == 3
     page.get_by_role("button", name="Download mask").click()
     page.locator("#sam-tools").get_by_text(".png").wait_for()  # the name is shortened
     _no_error_markers(page)
+    assert pick_calls == [n - 1]  # one choice in the dropdown, one decoder run
