@@ -37,6 +37,7 @@ import gradio as gr
 
 from detseg.errors import DetsegError
 from detseg.serve import evaluate as eval_tab
+from detseg.serve import everything, everything_ui
 from detseg.serve import handlers as h
 from detseg.serve.render import detections_view, sam_view, view_scale
 from detseg.serve.state import Session
@@ -47,7 +48,7 @@ CLICK_MODES = ["positive point", "negative point", "box (two clicks)"]
 API_NAMES = (
     "load_image", "detect", "detections_to_sam", "sam_point", "sam_box", "sam_undo",
     "sam_clear", "sam_choose", "sam_export", "refine_detection",
-) + eval_tab.API_NAMES
+) + everything_ui.API_NAMES + eval_tab.API_NAMES
 # Concurrency groups: encoder/detector runs take all cores for ~0.1-1 s; prompt-decoder
 # clicks take milliseconds and must not queue behind them.
 HEAVY, CLICKS = "models", "clicks"
@@ -325,6 +326,7 @@ def build_app(ctx: h.ServeContext, options: ServeOptions = ServeOptions(), evals
         page = Page(ctx, options, state, tabs, panel, sam, det)
         wire_image(page)
         wire_sam(page)
+        everything_ui.add(page, _user_errors, sam_outputs, CLICKS)
         wire_detect(page)
     return demo
 
@@ -334,7 +336,10 @@ def sam_outputs(page: Page, session: Session) -> tuple:
     """Values for `Page.sam_out`: canvas, candidates, JSON details, status line."""
     opts = page.options
     canvas = None
-    if session.image is not None:
+    if everything.showing(session):
+        canvas = everything.everything_view(session.image, session.everything,
+                                            opts.view_max_side, opts.view_min_side)
+    elif session.image is not None:
         chosen = h.chosen_mask(session)
         canvas = sam_view(
             session.image, chosen[0] if chosen else None, session.prompt,
@@ -345,8 +350,8 @@ def sam_outputs(page: Page, session: Session) -> tuple:
     if session.result is not None:
         choices = [(f"#{i + 1}  IoU {s:.2f}", i) for i, s in enumerate(session.result.scores)]
         value = session.steps[-1].choice
-    return (session, canvas, gr.Radio(choices=choices, value=value), h.sam_summary(session),
-            h.sam_status(session))
+    return (session, canvas, gr.Radio(choices=choices, value=value), everything.summary(session),
+            everything.status(session) or h.sam_status(session))
 
 
 def det_outputs(page: Page, session: Session, dets, suffix: str = "", what: str = "") -> tuple:

@@ -20,6 +20,7 @@ from detseg.detections import Detections
 
 if TYPE_CHECKING:
     from detseg.pipeline.sam import SamEmbedding
+    from detseg.pipeline.sam_auto import GeneratedMasks
 
 # Undo history is capped so that one session cannot grow without bound; each step keeps a
 # (256, 256) float32 low-res mask (256 KiB) when refining.
@@ -102,6 +103,7 @@ class Session:
         error: the message of the last action that failed (shown in the page's status
             lines until the next action), or "".
         error_area: where it failed: "image", "sam" or "detect".
+        everything: the masks of "Segment everything" on this image, or None.
     """
 
     session_id: str = ""
@@ -116,6 +118,7 @@ class Session:
     pending_corner: tuple[float, float] | None = None
     error: str = ""
     error_area: str = ""
+    everything: GeneratedMasks | None = field(default=None, repr=False)
 
     def ensure_id(self) -> str:
         if not self.session_id:
@@ -130,6 +133,7 @@ class Session:
         self.embedding = None
         self.detections = None
         self.detector_name = ""
+        self.everything = None
         self.clear_prompts()
 
     def clear_image(self) -> None:
@@ -140,6 +144,7 @@ class Session:
         self.embedding = None
         self.detections = None
         self.detector_name = ""
+        self.everything = None
         self.clear_prompts()
 
     def clear_prompts(self) -> None:
