@@ -303,6 +303,10 @@ class SpySam:
             self.barrier.wait()
         return self.inner.predict(**kw)
 
+    def predict_batch(self, **kw):  # `segment_boxes` sends all boxes in one batched call
+        self.embeddings_seen.append(kw.get("embedding"))
+        return self.inner.predict_batch(**kw)
+
 
 def _spy_ctx(sam_paths, yolox_nano, tmp_path, barrier=None):
     from detseg.pipeline.sam import SamPredictor
