@@ -62,6 +62,15 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) * 1000.0
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate a server started here; kill it if it does not stop within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def start_server(port: int, args: argparse.Namespace, root: Path = ROOT) -> subprocess.Popen:
     """`detseg serve` from the checkout ``root`` (its own code first on the path)."""
     cmd = [sys.executable, "-m", "detseg", "serve", "--port", str(port),
@@ -299,11 +308,7 @@ def bench_evaluate(args: argparse.Namespace) -> None:
         ids = rng.choice(es.gt.image_ids, max(10, args.steps // 5))
         t_show = [timed("eval_show", int(i)) for i in ids]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
     print(f"start-up: evaluating A and B in this process (metrics only) {metrics_s:.2f} s; "
           f"the tab's load (metrics + per-image outcomes + TIDE, images found) {load_s:.2f} s "
@@ -419,11 +424,7 @@ def run_sessions(args: argparse.Namespace, images: list[Path], size, url: str | 
         try:
             results[label] = sessions_phase(f"http://127.0.0.1:{port}/", images, args, size)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     if "baseline" in results:
         print("\nratio baseline / this (higher: this is faster):")
         for name, lat in results["this"].items():
@@ -551,11 +552,7 @@ def main() -> None:
         # ---- 3. concurrent sessions --------------------------------------------------------
         run_sessions(args, images, image.shape[:2], url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 from detseg.errors import InputError
 from detseg.eval.loader import GroundTruth, Results, load_ground_truth, load_results
 from detseg.eval.match import Matching, descending_key, match, stable_argsort
-from detseg.eval.metrics import _linspace
+from detseg.eval.metrics import EvalParams
 
 MAX_DETS = 300
 FREQUENCIES = ("r", "c", "f")
@@ -205,8 +205,8 @@ def evaluate_lvis(gt: str | Path | Mapping, results: str | Path | Sequence | Map
     judged = (positive | fields.neg)[res.img, res.cat]
     kept = _subset(res, np.flatnonzero(judged))
 
-    iou_thrs = _linspace(0.5, 0.95, 0.05)
-    rec_thrs = _linspace(0.0, 1.0, 0.01)
+    defaults = EvalParams()  # COCO's and LVIS's thresholds are the same linspace expressions
+    iou_thrs, rec_thrs = defaults.iou_thrs, defaults.rec_thrs
     area_rng = np.asarray(AREA_RNG, np.float64)
     m = match(g, kept, iou_thrs, area_rng, max(len(kept), 1), iou_type)
     precision, recall = _accumulate(m, g, kept, fields, iou_thrs, rec_thrs, n_cat)
