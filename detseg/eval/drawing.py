@@ -51,21 +51,40 @@ def _ink_for(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if lum > 140 else (255, 255, 255)
 
 
-def _dashed_rect(img: np.ndarray, p1: tuple[int, int], p2: tuple[int, int],
-                 color: tuple[int, int, int], thickness: int, dash: int = 6) -> None:
-    (x1, y1), (x2, y2) = p1, p2
-    corners = np.array([(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)], np.float64)
-    segs = []
-    for a, b in zip(corners[:-1], corners[1:], strict=True):
-        n = max(1, int(np.abs(b - a).max()) // dash)
-        t0 = np.arange(0, n, 2, dtype=np.float64)[:, None] / n
-        t1 = np.minimum(1.0, t0 + 1 / n)
-        seg = np.empty((t0.shape[0], 2, 2))
-        seg[:, 0] = a + (b - a) * t0
-        seg[:, 1] = a + (b - a) * t1
-        segs.append(seg)
-    cv2.polylines(img, list(np.rint(np.concatenate(segs)).astype(np.int32)), False, color, thickness,
-                  cv2.LINE_AA)
+def dash_segments(boxes: np.ndarray, dash: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The dashes of rectangles' outlines, for all rectangles at once.
+
+    Args:
+        boxes: (N, 4) xyxy in pixels.
+    Returns:
+        (M, 2, 2) int32 segment end points (x, y) and (M,) int64 index of the box of each.
+        Every edge is cut into ``max(1, len // dash)`` equal pieces, every other one drawn.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    # the closed outline x1y1 -> x2y1 -> x2y2 -> x1y2 -> x1y1 as (N, 5, 2); edge j: corner j -> j+1
+    corners = b[:, [[0, 1], [2, 1], [2, 3], [0, 3], [0, 1]]]
+    a = corners[:, :-1].reshape(-1, 2)
+    e = corners[:, 1:].reshape(-1, 2)
+    n = np.maximum(1, np.abs(e - a).max(1).astype(np.int64) // dash)
+    k = (n + 1) // 2  # dashes per edge: pieces 0, 2, 4, ...
+    edge = np.repeat(np.arange(n.size), k)
+    step = np.arange(edge.size) - np.repeat(np.cumsum(k) - k, k)
+    t0 = (2 * step / n[edge])[:, None]
+    t1 = np.minimum(1.0, t0 + 1 / n[edge][:, None])
+    d = e[edge] - a[edge]
+    seg = np.stack([a[edge] + d * t0, a[edge] + d * t1], 1)
+    return np.rint(seg).astype(np.int32), edge // 4
+
+
+def _dashed_rects(img: np.ndarray, boxes: np.ndarray, colors: list[tuple[int, int, int]],
+                  thickness: int, dash: int = 6) -> None:
+    """Dashed outlines of (N, 4) xyxy ``boxes``, box i in ``colors[i]``."""
+    if not len(colors):
+        return
+    seg, owner = dash_segments(boxes, dash)
+    cuts = np.searchsorted(owner, np.arange(1, len(colors)))
+    for col, part in zip(colors, np.split(seg, cuts), strict=True):
+        cv2.polylines(img, list(part), False, col, thickness, cv2.LINE_AA)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -176,23 +195,35 @@ def draw_gt_vs_pred(
     order_g = [i for i in vis_g if i not in fg] + [i for i in vis_g if i in fg]
     order_p = [i for i in vis_p if i not in fp] + [i for i in vis_p if i in fp]
     g_cls, p_cls = gt.class_ids.tolist(), pred.class_ids.tolist()
+    thin_boxes: list[tuple[int, tuple[int, int, int]]] = []
+
+    def flush() -> None:
+        """Draw the thin dashed boxes collected so far, together (one numpy pass for all
+        their dashes: per box it cost more than the rest of a thumbnail)."""
+        if thin_boxes:
+            _dashed_rects(out, gi[[j for j, _ in thin_boxes]], [c for _, c in thin_boxes], thin)
+            thin_boxes.clear()
+
     for i in order_g:
         k = g_cls[i]
         col = class_color(k)
-        x1, y1, x2, y2 = gi[i].tolist()
         focus = i in fg
         poly = outline(gt_outlines[i]) if gt_outlines is not None else []
         if poly:
             if focus:
                 draw_outline(out, poly, (0, 0, 0), thick + 2, dashed=True)
             draw_outline(out, poly, col, thick if focus else thin, dashed=True)
+        elif focus:  # a dark halo keeps a thick dashed line visible on any background
+            flush()  # focus boxes go on top
+            dashes = list(dash_segments(gi[i:i + 1])[0])
+            cv2.polylines(out, dashes, False, (0, 0, 0), thick + 2, cv2.LINE_AA)
+            cv2.polylines(out, dashes, False, col, thick, cv2.LINE_AA)
         else:
-            if focus:  # a dark halo keeps a thick dashed line visible on any background
-                _dashed_rect(out, (x1, y1), (x2, y2), (0, 0, 0), thick + 2)
-            _dashed_rect(out, (x1, y1), (x2, y2), col, thick if focus else thin)
+            thin_boxes.append((i, col))
         if label_all or focus:
             labels.append(_Label(f"GT {names.get(k, k)}", tuple(gb[i]), (30, 30, 30), col,
                                  0 if focus else 2))
+    flush()
     scores = pred.scores.tolist()
     for i in order_p:
         k = p_cls[i]

@@ -249,7 +249,7 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
         g.note = "error gallery left out: the images were not found"
         return g
     examples = select_examples(ev, errors, per_class, min_score)
-    view_imgs = [r["img"] for r in rows[:views]]
+    view_imgs = {r["img"] for r in rows[:views]}
     need = sorted({e.img for e in examples} | set(view_imgs))
     index = _ImageIndex(ev)
     by_img: dict[int, list[Example]] = {}
@@ -259,12 +259,19 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
     det_pos = np.full(len(ev.results), -1, np.int64)
     det_pos[errors.det] = np.arange(errors.det.shape[0])
 
-    def pred_ious(r: np.ndarray, gt: Detections, pred: Detections) -> np.ndarray:
-        """The evaluation's IoU for errors with a ground truth, else the best box IoU."""
-        best = _box_iou(pred.boxes, gt.boxes).max(1) if len(gt) else np.zeros(len(pred))
-        pos = det_pos[r]
-        known = (pos >= 0) & (errors.gt[np.maximum(pos, 0)] >= 0) & np.isfinite(errors.iou[np.maximum(pos, 0)])
-        return np.where(known, errors.iou[np.maximum(pos, 0)], best)
+    def pred_ious(r: np.ndarray, gt: Detections, pred: Detections, only: list[int] | None = None
+                  ) -> np.ndarray:
+        """The evaluation's IoU for errors with a ground truth, else the best box IoU; for
+        the predictions ``only`` (the labelled ones), NaN for the rest."""
+        idx = np.arange(len(pred)) if only is None else np.asarray(only, np.int64)
+        out = np.full(len(pred), np.nan)
+        if idx.size:
+            best = _box_iou(pred.boxes[idx], gt.boxes).max(1) if len(gt) else np.zeros(idx.size)
+            pos = det_pos[r[idx]]
+            p0 = np.maximum(pos, 0)
+            known = (pos >= 0) & (errors.gt[p0] >= 0) & np.isfinite(errors.iou[p0])
+            out[idx] = np.where(known, errors.iou[p0], best)
+        return out
 
     segm = ev.iou_type == "segm"
     gt_segs, res_segs = ev.gt.segmentation, ev.results.segmentation
@@ -296,7 +303,7 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
             focus_g = np.flatnonzero(gi == e.gt).tolist() if e.gt >= 0 else []
             boxes = np.concatenate([pred.boxes[focus_p], gt.boxes[focus_g]]).reshape(-1, 4)
             crop = _crop(boxes, w, h) if boxes.size else None
-            drawn = draw_gt_vs_pred(image, gt, pred, names, pred_iou=pred_ious(ri, gt, pred),
+            drawn = draw_gt_vs_pred(image, gt, pred, names, pred_iou=pred_ious(ri, gt, pred, focus_p),
                                     focus_gt=focus_g, focus_pred=focus_p, crop=crop, max_side=max_side,
                                     label_all=False, **outlines(i, h, w, gi, ri, memo))
             thumbs[k] = encode_jpeg(drawn, quality)

@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -188,22 +189,28 @@ def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, scor
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = report or build_report(ev, iou, score)
-    pngs = {"Precision-recall curves": plots.pr_curves(ev, out / "pr_curves.png"),
-            "F1 vs confidence": plots.f1_confidence(report["_curves"], out / "f1_confidence.png")}
-    if "confusion" in report:
-        c = report["confusion"]
-        pngs["Confusion matrix"] = plots.confusion(np.asarray(c["matrix"]), list(ev.gt.cat_names),
-                                                   out / "confusion_matrix.png", c["iou"], c["score"])
-        pngs["TIDE-style errors"] = plots.tide_bars(report["tide"], out / "tide_errors.png")
-        (out / "confusion_matrix.csv").write_text(tables.confusion_csv(report))
     sections = []
-    if gallery:
-        from detseg.eval.gallery import gallery_for, gallery_html, gallery_json
+    with ThreadPoolExecutor(1) as background:
+        # the gallery reads, draws and encodes images in OpenCV, mostly without the GIL:
+        # started first, it runs beside the plots (matplotlib, which holds the GIL)
+        pending = None
+        if gallery:
+            from detseg.eval.gallery import gallery_for, gallery_html, gallery_json
 
-        g, names = gallery_for(ev, images_dir, per_class=int(gallery), score=score, iou=iou,
-                               load_image=load_image)
-        report["gallery"] = gallery_json(g)
-        sections.append(gallery_html(g, list(ev.gt.cat_names), names))
+            pending = background.submit(gallery_for, ev, images_dir, per_class=int(gallery),
+                                        score=score, iou=iou, load_image=load_image)
+        pngs = {"Precision-recall curves": plots.pr_curves(ev, out / "pr_curves.png"),
+                "F1 vs confidence": plots.f1_confidence(report["_curves"], out / "f1_confidence.png")}
+        if "confusion" in report:
+            c = report["confusion"]
+            pngs["Confusion matrix"] = plots.confusion(np.asarray(c["matrix"]), list(ev.gt.cat_names),
+                                                       out / "confusion_matrix.png", c["iou"], c["score"])
+            pngs["TIDE-style errors"] = plots.tide_bars(report["tide"], out / "tide_errors.png")
+            (out / "confusion_matrix.csv").write_text(tables.confusion_csv(report))
+        if pending is not None:
+            g, names = pending.result()
+            report["gallery"] = gallery_json(g)
+            sections.append(gallery_html(g, list(ev.gt.cat_names), names))
     files = {"json": out / "report.json", "markdown": out / "report.md",
              "per_class_csv": out / "per_class.csv", "html": out / "report.html"}
     write_json_atomic(files["json"], to_json(report))

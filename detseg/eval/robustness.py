@@ -216,12 +216,10 @@ def to_csv(result: dict) -> str:
 
 def plot(result: dict, path: str | Path) -> Path:
     """AP against severity, one line per corruption, the clean AP as a dashed line."""
-    import matplotlib
+    from detseg.eval.plots import figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    fig = figure((7, 4.2), dpi=100)
+    ax = fig.subplots()
     sevs = result["severities"]
     for name, row in result["table"].items():
         ax.plot([0, *sevs], [100 * result["clean_ap"], *[100 * row[s] for s in sevs]],
@@ -237,7 +235,6 @@ def plot(result: dict, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

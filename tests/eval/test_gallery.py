@@ -280,3 +280,27 @@ def test_segm_gallery_draws_masks(tmp_path):
     boxes = {key(e): e.thumb for e in g_b.examples}
     same = [e for e in g_s.examples if key(e) in boxes]
     assert same and any(e.thumb != boxes[key(e)] for e in same)
+
+
+def _loop_dashes(box, dash=6):
+    """The dashes of one rectangle, edge by edge (the plain loop dash_segments vectorises)."""
+    x1, y1, x2, y2 = box
+    corners = np.array([(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)], np.float64)
+    out = []
+    for a, b in zip(corners[:-1], corners[1:], strict=True):
+        n = max(1, int(np.abs(b - a).max()) // dash)
+        for s in range(0, n, 2):
+            out.append([a + (b - a) * s / n, a + (b - a) * min(1.0, s / n + 1 / n)])
+    return np.rint(np.array(out)).astype(np.int32)
+
+
+def test_dash_segments_equal_a_plain_loop():
+    from detseg.eval.drawing import dash_segments
+
+    rng = np.random.default_rng(3)
+    xy = rng.integers(-20, 300, (300, 2))
+    boxes = np.c_[xy, xy + rng.integers(0, 200, (300, 2))].astype(np.float64)
+    boxes[:5, 2:] = boxes[:5, :2]  # empty boxes still get their one-piece edges
+    seg, owner = dash_segments(boxes)
+    assert np.array_equal(seg, np.concatenate([_loop_dashes(b) for b in boxes]))
+    assert np.array_equal(owner, np.concatenate([np.full(len(_loop_dashes(b)), i) for i, b in enumerate(boxes)]))
