@@ -77,14 +77,14 @@ def dash_segments(boxes: np.ndarray, dash: int = 6) -> tuple[np.ndarray, np.ndar
 
 
 def _dashed_rects(img: np.ndarray, boxes: np.ndarray, colors: list[tuple[int, int, int]],
-                  thickness: int, dash: int = 6) -> None:
+                  thickness: int, dash: int = 6, line: int = cv2.LINE_AA) -> None:
     """Dashed outlines of (N, 4) xyxy ``boxes``, box i in ``colors[i]``."""
     if not len(colors):
         return
     seg, owner = dash_segments(boxes, dash)
     cuts = np.searchsorted(owner, np.arange(1, len(colors)))
     for col, part in zip(colors, np.split(seg, cuts), strict=True):
-        cv2.polylines(img, list(part), False, col, thickness, cv2.LINE_AA)
+        cv2.polylines(img, list(part), False, col, thickness, line)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -165,13 +165,17 @@ def draw_gt_vs_pred(
     cx1, cy1 = max(cx1, cx0 + 1), max(cy1, cy0 + 1)
     region = image[cy0:cy1, cx0:cx1]
     scale = min(2.0, max_side / max(region.shape[:2]))
-    out_w, out_h = max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale))
-    step = int(1 / scale / 2) if scale < 0.5 else 1
-    if step > 1:  # subsample first: an area resize of a big region costs more than the drawing
-        region = region[::step, ::step]
-    # area averaging only where it matters (a strong reduction); it is slow at odd ratios
-    interp = cv2.INTER_AREA if out_w * 2 < region.shape[1] else cv2.INTER_LINEAR
-    out = np.ascontiguousarray(cv2.resize(region, (out_w, out_h), interpolation=interp))
+    k = min(int(1 / scale), *region.shape[:2]) if scale < 0.5 else 1
+    if k > 1:
+        # a strong reduction: average k x k blocks first (OpenCV's area resize is fast at an
+        # integer ratio and ~8x slower at an odd one), then a linear resize of what is left
+        # (a ratio in (0.5, 1]). The last < k columns and rows are dropped, not squeezed in,
+        # so the view still maps the image by `scale` exactly.
+        rh, rw = region.shape[0] // k * k, region.shape[1] // k * k
+        region = cv2.resize(region[:rh, :rw], (rw // k, rh // k), interpolation=cv2.INTER_AREA)
+        cx1, cy1 = cx0 + rw, cy0 + rh
+    out_w, out_h = max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))
+    out = np.ascontiguousarray(cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_LINEAR))
     names = names if names is not None else (pred.class_names or gt.class_names or {})
 
     def to_view(b: np.ndarray) -> np.ndarray:
@@ -201,7 +205,10 @@ def draw_gt_vs_pred(
         """Draw the thin dashed boxes collected so far, together (one numpy pass for all
         their dashes: per box it cost more than the rest of a thumbnail)."""
         if thin_boxes:
-            _dashed_rects(out, gi[[j for j, _ in thin_boxes]], [c for _, c in thin_boxes], thin)
+            # thin lines as the thin prediction boxes: 8-connected, anti-aliasing costs more
+            # than it shows at one pixel
+            _dashed_rects(out, gi[[j for j, _ in thin_boxes]], [c for _, c in thin_boxes], thin,
+                          line=cv2.LINE_8)
             thin_boxes.clear()
 
     for i in order_g:

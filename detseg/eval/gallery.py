@@ -172,7 +172,7 @@ def dataset_image_loader(gt_json: str | Path, image_ids: np.ndarray,
 
 def _xyxy(b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, np.float64).reshape(-1, 4)
-    return np.c_[b[:, :2], b[:, :2] + b[:, 2:]]
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -304,3 +304,24 @@ def test_dash_segments_equal_a_plain_loop():
     seg, owner = dash_segments(boxes)
     assert np.array_equal(seg, np.concatenate([_loop_dashes(b) for b in boxes]))
     assert np.array_equal(owner, np.concatenate([np.full(len(_loop_dashes(b)), i) for i, b in enumerate(boxes)]))
+
+
+@pytest.mark.parametrize("size, crop", [((2000, 3000), None), ((1000, 1000), (13, 7, 990, 977)),
+                                        ((480, 640), (100, 50, 553, 431)), ((120, 90), None)])
+def test_boxes_land_on_the_object_at_every_reduction(size, crop):
+    """A white square under a box of the same coordinates: in the drawn view the box's line
+    and the square's edge fall on the same pixels (within one), whatever the reduction."""
+    h, w = size
+    img = np.zeros((h, w, 3), np.uint8)
+    x0, y0, x1, y1 = int(w * 0.3), int(h * 0.35), int(w * 0.7), int(h * 0.8)
+    img[y0:y1, x0:x1] = 255
+    box = Detections(np.array([[x0, y0, x1, y1]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
+    plain = draw_gt_vs_pred(img, Detections.empty(), Detections.empty(), crop=crop, max_side=200)
+    drawn = draw_gt_vs_pred(img, Detections.empty(), box, {0: "a"}, crop=crop, max_side=200, label_all=False)
+    assert max(plain.shape[:2]) <= 200
+    white = plain[..., 0] > 127
+    ys, xs = np.nonzero(white)
+    line = np.any(drawn != plain, axis=2)
+    ly, lx = np.nonzero(line)
+    for got, want in ((lx.min(), xs.min()), (lx.max(), xs.max()), (ly.min(), ys.min()), (ly.max(), ys.max())):
+        assert abs(int(got) - int(want)) <= 1
