@@ -92,3 +92,25 @@ def test_library_code_does_not_print(capsys, tmp_path: Path) -> None:
     det.predict([np.zeros((64, 96, 3), np.uint8)])
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_a_report_with_a_gallery_leaves_matplotlib_and_opencv_as_they_were(tmp_path: Path) -> None:
+    # the gallery runs OpenCV single-threaded under its own workers, and the plots are drawn
+    # without pyplot: neither OpenCV's thread count nor matplotlib's backend may change
+    code = f"""
+import sys, json, cv2, matplotlib, numpy as np
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tests.eval.synthetic import make_problem
+from detseg.eval.metrics import evaluate
+from detseg.eval.report import write_report
+cv2.setNumThreads(3)
+backend = dict.__getitem__(matplotlib.rcParams, "backend")  # get_backend() would import pyplot
+gt, res = make_problem(7, n_images=8, n_cats=3)
+images = {{i: np.full((240, 320, 3), 90, np.uint8) for i in range(8)}}
+files = write_report(evaluate(gt, res), {str(tmp_path)!r}, gallery=2, load_image=images.get)
+assert json.loads(files["json"].read_text())["gallery"]["n_examples"] > 0
+print(cv2.getNumThreads(), dict.__getitem__(matplotlib.rcParams, "backend") == backend,
+      "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "True", "False"]
