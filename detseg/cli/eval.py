@@ -132,7 +132,7 @@ def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: P
 
     from detseg.data.coco import write_json_atomic
     from detseg.eval.metrics import EvalParams, evaluate
-    from detseg.eval.report import build_report, to_json, write_report
+    from detseg.eval.report import build_report, make_report, to_json
     from detseg.eval.tables import print_terminal
 
     kw = {}
@@ -143,7 +143,10 @@ def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: P
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reported below, once
         ev = evaluate(gt, pred, iou_type, EvalParams(**kw))
-    report = build_report(ev, iou, score, with_errors=out is not None or json_out is not None)
+    if out is not None:  # the report's files, its gallery's images read beside its tables
+        report, files = make_report(ev, out, iou, score, gallery=gallery, images_dir=images)
+    else:
+        report = build_report(ev, iou, score, with_errors=json_out is not None)
     if quiet:
         print("\n".join(report["summary"]))
         _warn(report["warnings"])
@@ -153,7 +156,6 @@ def _evaluate(gt: Path, pred: Path, iou_type: str, json_out: Path | None, out: P
         write_json_atomic(json_out, to_json(report))
         print(f"wrote {json_out}", file=sys.stderr)
     if out is not None:
-        files = write_report(ev, out, iou, score, report=report, gallery=gallery, images_dir=images)
         note = (report.get("gallery") or {}).get("note")
         if note:
             print(f"detseg: note: {note}", file=sys.stderr)

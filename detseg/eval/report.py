@@ -184,21 +184,33 @@ def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, scor
     ``gallery``: examples per class and error type in the HTML's error gallery (None or 0:
     no gallery); its images are looked for in ``images_dir``, then beside the ground truth,
     unless ``load_image`` (image index -> RGB array or None, see `gallery.build_gallery`)
-    provides them.
+    provides them. ``report``: a `build_report` of the same ``iou`` and ``score`` (made
+    here when None, beside the gallery's image reading).
     """
+    return make_report(ev, out_dir, iou, score, report=report, gallery=gallery,
+                       images_dir=images_dir, load_image=load_image)[1]
+
+
+def make_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, score: float = 0.5, *,
+                report: dict | None = None, gallery: int | None = None,
+                images_dir: str | Path | None = None, load_image=None
+                ) -> tuple[dict, dict[str, Path]]:
+    """`write_report`, returning the report too (with its ``gallery`` entry)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = report or build_report(ev, iou, score)
     sections = []
     with ThreadPoolExecutor(1) as background:
         # the gallery reads, draws and encodes images in OpenCV, mostly without the GIL:
-        # started first, it runs beside the plots (matplotlib, which holds the GIL)
+        # started first, it runs beside the report's tables and plots (which hold the GIL).
+        # Both need the TIDE classification: made first, here, once (cached on ``ev``).
         pending = None
         if gallery:
             from detseg.eval.gallery import gallery_for, gallery_html, gallery_json
 
+            error_analysis.detection_errors(ev, t_f=iou)
             pending = background.submit(gallery_for, ev, images_dir, per_class=int(gallery),
                                         score=score, iou=iou, load_image=load_image)
+        report = report or build_report(ev, iou, score)
         pngs = {"Precision-recall curves": plots.pr_curves(ev, out / "pr_curves.png"),
                 "F1 vs confidence": plots.f1_confidence(report["_curves"], out / "f1_confidence.png")}
         if "confusion" in report:
@@ -220,7 +232,7 @@ def write_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, scor
     if "confusion" in report:
         files["confusion_csv"] = out / "confusion_matrix.csv"
     files.update({p.stem: p for p in pngs.values()})
-    return files
+    return report, files
 
 
 def dumps(report: dict) -> str:
