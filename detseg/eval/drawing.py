@@ -219,7 +219,8 @@ def draw_gt_vs_pred(
         if poly:
             if focus:
                 draw_outline(out, poly, (0, 0, 0), thick + 2, dashed=True)
-            draw_outline(out, poly, col, thick if focus else thin, dashed=True)
+            draw_outline(out, poly, col, thick if focus else thin, dashed=True,
+                         line=cv2.LINE_AA if focus else cv2.LINE_8)
         elif focus:  # a dark halo keeps a thick dashed line visible on any background
             flush()  # focus boxes go on top
             dashes = list(dash_segments(gi[i:i + 1])[0])
@@ -241,7 +242,8 @@ def draw_gt_vs_pred(
         if poly:
             if focus:
                 draw_outline(out, poly, (255, 255, 255), thick + 2)
-            draw_outline(out, poly, col, thick if focus else thin)
+            draw_outline(out, poly, col, thick if focus else thin,
+                         line=cv2.LINE_AA if focus else cv2.LINE_8)
         elif focus:
             cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), thick + 2, cv2.LINE_AA)
             cv2.rectangle(out, (x1, y1), (x2, y2), col, thick, cv2.LINE_AA)

@@ -19,7 +19,7 @@ import base64
 import html
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -172,6 +172,25 @@ def dataset_image_loader(gt_json: str | Path, image_ids: np.ndarray,
     return load, len(probe), {i: names.get(d, '') for i, d in enumerate(ids)}
 
 
+class _LazyOutlines(Sequence):
+    """``segmentation_outlines`` of ``segs[idx[k]]`` for item k, traced on first access and
+    kept in ``memo`` (shared by the thumbnails of one image)."""
+
+    def __init__(self, segs: list | None, idx: np.ndarray, h: int, w: int, memo: dict, kind: str):
+        self.segs, self.idx, self.h, self.w, self.memo, self.kind = segs, idx.tolist(), h, w, memo, kind
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        j = self.idx[k]
+        key = (self.kind, j)
+        if key not in self.memo:
+            seg = self.segs[j] if self.segs is not None else None
+            self.memo[key] = segmentation_outlines(seg, self.h, self.w)
+        return self.memo[key]
+
+
 @contextmanager
 def opencv_threads(n: int) -> Iterator[None]:
     """OpenCV's thread count set to ``n`` inside the block, restored after it (a process-wide
@@ -295,17 +314,12 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
 
     def outlines(i: int, h: int, w: int, gi: np.ndarray, ri: np.ndarray, memo: dict) -> dict:
         """Mask outlines (segm only) of the ground truths and results drawn: keyword arguments
-        of `draw_gt_vs_pred`, each mask traced once per image."""
+        of `draw_gt_vs_pred`, traced when the drawing asks for them (only the boxes inside
+        a thumbnail's crop are drawn), each mask once per image."""
         if not segm:
             return {}
-
-        def get(kind: str, segs: list | None, j: int) -> list[np.ndarray]:
-            if (kind, j) not in memo:
-                memo[kind, j] = segmentation_outlines(segs[j] if segs is not None else None, h, w)
-            return memo[kind, j]
-
-        return {"gt_outlines": [get("g", gt_segs, j) for j in gi.tolist()],
-                "pred_outlines": [get("r", res_segs, j) for j in ri.tolist()]}
+        return {"gt_outlines": _LazyOutlines(gt_segs, gi, h, w, memo, "g"),
+                "pred_outlines": _LazyOutlines(res_segs, ri, h, w, memo, "r")}
 
     def work(i: int) -> tuple[int, dict[int, bytes], bytes | None, bool]:
         image = load_image(i)

@@ -37,46 +37,88 @@ def segmentation_outlines(seg: object, h: int, w: int) -> list[np.ndarray]:
         return out
     if not isinstance(seg, dict) or "counts" not in seg:
         return []
-    from pycocotools import mask as mask_utils
-
     size = seg.get("size") or [h, w]
-    rle = seg
-    if isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, int(size[0]), int(size[1]))
-    elif isinstance(seg["counts"], str):
-        rle = {"size": [int(size[0]), int(size[1])], "counts": seg["counts"].encode("ascii")}
-    m = np.ascontiguousarray(mask_utils.decode(rle))
-    if m.ndim == 3:
-        m = m[..., 0]
-    return mask_outlines(m)
+    counts = _counts(seg["counts"])
+    if counts is None:
+        return []
+    mt, x0 = _columns(counts, int(size[0]), int(size[1]))
+    # traced on the mask's columns as rows (C-ordered as decoded): x and y swap back below
+    return [c[:, ::-1] + [x0, 0] for c in mask_outlines(mt)]
+
+
+def _counts(counts: object) -> np.ndarray | None:
+    """RLE run lengths (0s first, column-major) from a list or a compressed COCO string;
+    None when the string is not valid compressed RLE (the eval loader reports such records).
+
+    A compressed count is 5-bit groups, low first, bit 0x20 = "more follows", bit 0x10 of the
+    last group the sign; from the fourth count on each is stored as the difference to the
+    count two before it (pycocotools' ``rleFrString``).
+    """
+    if isinstance(counts, list):
+        return np.asarray(counts, np.int64)
+    if isinstance(counts, str):
+        counts = counts.encode("ascii", "replace")
+    if not isinstance(counts, bytes):
+        return None
+    c = np.frombuffer(counts, np.uint8) - np.uint8(48)
+    if not c.size:
+        return np.zeros(0, np.int64)
+    if (c > 63).any() or c[-1] & 0x20:
+        return None
+    last = np.flatnonzero(c < 32)  # the last character of each count
+    first = np.concatenate([[0], last[:-1] + 1])
+    k = np.arange(c.size) - np.repeat(first, last - first + 1)
+    x = np.add.reduceat((c & 0x1F).astype(np.int64) << (5 * k), first)
+    neg = (c[last] & 0x10) != 0
+    x[neg] -= np.int64(1) << (5 * (last[neg] - first[neg] + 1))
+    x[2::2] = np.cumsum(x[2::2])
+    x[1::2] = np.cumsum(x[1::2])
+    return x
+
+
+def _columns(counts: np.ndarray, h: int, w: int) -> tuple[np.ndarray, int]:
+    """Decode only the columns the mask occupies: ((x1 - x0, h) uint8 C-ordered, the mask's
+    columns as rows, and x0). Decoding the whole image cost more than the rest of drawing."""
+    bounds = np.minimum(np.concatenate([[0], np.cumsum(counts)]), h * w)
+    on = np.flatnonzero(bounds[2::2] > bounds[1:-1:2]) * 2 + 1  # runs of 1s, non-empty
+    if not on.size:
+        return np.zeros((0, h), np.uint8), 0
+    x0, x1 = int(bounds[on[0]] // h), int((bounds[on[-1] + 1] - 1) // h) + 1
+    b = np.clip(bounds, x0 * h, x1 * h) - x0 * h
+    vals = (np.arange(b.size - 1) % 2).astype(np.uint8)
+    return np.repeat(vals, np.diff(b)).reshape(x1 - x0, h), x0
 
 
 def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
     """Outer borders and holes of a binary (H, W) mask as (K, 2) float64 x, y polylines."""
-    contours, _ = cv2.findContours((np.asarray(mask) > 0).astype(np.uint8), cv2.RETR_CCOMP,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    m = np.asarray(mask)
+    if m.dtype != np.uint8 or not m.flags.c_contiguous:
+        m = np.ascontiguousarray(m, np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     return [c.reshape(-1, 2).astype(np.float64) for c in contours if len(c) >= 2]
 
 
 def _dashes(pts: np.ndarray, dash: float) -> list[np.ndarray]:
-    """The "on" pieces of a closed polyline cut into dash-long pieces along its length."""
-    pts = np.vstack([pts, pts[:1]])
-    seg = np.hypot(*np.diff(pts, axis=0).T)
-    s = np.r_[0.0, np.cumsum(seg)]
+    """The "on" pieces of a closed polyline cut into dash-long pieces along its length:
+    resampled every pixel of length (and at each dash's ends), odd pieces dropped."""
+    pts = np.concatenate([pts, pts[:1]])
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
     total = s[-1]
     if total <= 0:
         return []
-    out = []
-    for a in np.arange(0.0, total, 2 * dash):
-        b = min(total, a + dash)
-        inner = np.flatnonzero((s > a) & (s < b))
-        ts = np.r_[a, s[inner], b]
-        out.append(np.c_[np.interp(ts, s, pts[:, 0]), np.interp(ts, s, pts[:, 1])])
-    return out
+    ends = np.arange(0.0, total, dash)
+    t = np.union1d(np.concatenate([np.arange(0.0, total, 1.0), ends, [total]]), ends[1:] - 1e-9)
+    piece = np.floor(t / dash).astype(np.int64)
+    keep = piece % 2 == 0
+    t, piece = t[keep], piece[keep]
+    xy = np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], axis=1)
+    cuts = np.flatnonzero(np.diff(piece)) + 1
+    return [p for p in np.split(xy, cuts) if len(p) >= 2]
 
 
 def draw_outline(img: np.ndarray, polys: Sequence[np.ndarray], color: tuple[int, int, int],
-                 thickness: int = 1, dashed: bool = False, dash: float = 6.0) -> None:
+                 thickness: int = 1, dashed: bool = False, dash: float = 6.0,
+                 line: int = cv2.LINE_AA) -> None:
     """Draw closed polylines on ``img`` in place.
 
     Args:
@@ -84,6 +126,8 @@ def draw_outline(img: np.ndarray, polys: Sequence[np.ndarray], color: tuple[int,
         polys: (K, 2) x, y arrays in ``img``'s pixels (scale them first when drawing a resized
             or cropped view).
         dashed: dashes of ``dash`` pixels along the outline (the ground truth's style).
+        line: OpenCV line type (``cv2.LINE_8`` for thin lines: anti-aliasing one pixel costs
+            more than it shows).
     """
     lines = []
     for p in polys:
@@ -95,4 +139,4 @@ def draw_outline(img: np.ndarray, polys: Sequence[np.ndarray], color: tuple[int,
         else:
             lines.append(np.rint(p).astype(np.int32))
     if lines:
-        cv2.polylines(img, lines, not dashed, color, thickness, cv2.LINE_AA)
+        cv2.polylines(img, lines, not dashed, color, thickness, line)

@@ -79,3 +79,45 @@ def test_dashed_outline_is_a_broken_solid_outline() -> None:
     # every dash lies on the solid outline (anti-aliasing may widen it by a pixel)
     near = cv2.dilate(s.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     assert not (d & ~near).any()
+
+
+def _random_mask(seed: int, specks: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(20, 90, 2)
+    m = np.zeros((h, w), np.uint8)
+    for _ in range(rng.integers(1, 5)):  # rectangles, some cut by the image's edge
+        y, x = rng.integers(-10, h), rng.integers(-10, w)
+        m[max(0, y):y + rng.integers(3, 30), max(0, x):x + rng.integers(3, 30)] = 1
+    if specks:
+        m[rng.random((h, w)) < 0.02] ^= 1  # specks and pinholes
+    return m
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_only_the_mask_columns_are_decoded_exactly_as_pycocotools(seed: int) -> None:
+    from detseg.eval.outlines import _columns, _counts
+
+    m = _random_mask(seed, specks=True)
+    h, w = m.shape
+    rle = mask_utils.encode(np.asfortranarray(m))
+    ref = mask_utils.decode(rle).T  # (w, h): columns as rows
+    cols = np.flatnonzero(ref.any(axis=1))
+    for counts in (rle["counts"], rle["counts"].decode(), _uncompressed(m)["counts"]):
+        got, x0 = _columns(_counts(counts), h, w)
+        assert x0 == cols[0] and got.shape == (cols[-1] + 1 - cols[0], h)
+        assert np.array_equal(got, ref[cols[0]:cols[-1] + 1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_masks_touching_the_borders(seed: int) -> None:
+    m = _random_mask(seed, specks=False)
+    h, w = m.shape
+    rle = mask_utils.encode(np.asfortranarray(m))
+    for seg in (rle, {"size": rle["size"], "counts": rle["counts"].decode()}, _uncompressed(m)):
+        assert np.array_equal(_refill(segmentation_outlines(seg, h, w), h, w), m.astype(bool))
+
+
+def test_an_empty_or_broken_rle_has_no_outline() -> None:
+    empty = mask_utils.encode(np.zeros((5, 7), np.uint8, order="F"))
+    assert segmentation_outlines(empty, 5, 7) == []
+    assert segmentation_outlines({"size": [5, 7], "counts": "0{"}, 5, 7) == []
