@@ -154,7 +154,10 @@ def _gt_state(o: Outcomes, score: float) -> np.ndarray:
     return np.where(~o.gt_counted, IGNORED, np.where(found, TP, FN)).astype(np.int8)
 
 
-def _check_score(score: float) -> float:
+def check_score(score: float) -> float:
+    """``score`` as a float in [0, 1], or a clear `InputError`."""
+    if not isinstance(score, (int, float, np.number)):
+        raise InputError(f"score threshold: expected a number in [0, 1], found {score!r}")
     if not 0 <= score <= 1:
         raise InputError(f"score threshold: expected a value in [0, 1], found {score}")
     return float(score)
@@ -168,7 +171,7 @@ def image_counts(o: Outcomes, gt_cat: np.ndarray, score: float = 0.0,
         gt_cat: (N,) category index of each ground truth (``ev.gt.cat``).
         cat: category index (into ``ev.gt.cat_ids``), or None for all.
     """
-    score = _check_score(score)
+    score = check_score(score)
     n_img = o.det_start.shape[0] - 1
     keep = o.det_score >= score
     g_keep = np.ones(gt_cat.shape[0], bool)
@@ -275,7 +278,7 @@ class ImageView:
 def image_view(ev: CocoEvaluation, o: Outcomes, image_index: int, score: float = 0.0,
                cat: int | None = None) -> ImageView:
     """The ground truths and kept detections of one image (of category ``cat`` if given)."""
-    score = _check_score(score)
+    score = check_score(score)
     n_img = ev.gt.image_ids.shape[0]
     if not 0 <= image_index < n_img:
         raise InputError(f"image index: expected 0..{n_img - 1}, found {image_index}")

@@ -18,7 +18,7 @@ import numpy as np
 from detseg.data.coco import read_json, resolve_image_path
 from detseg.errors import InputError
 from detseg.eval import CocoEvaluation, browse, evaluate
-from detseg.eval.analysis import per_class_table, prf_at
+from detseg.eval.analysis import iou_index, per_class_table, prf_at
 from detseg.eval.error_analysis import tide_errors
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ class Run:
     outcomes: browse.Outcomes
     tide: dict
 
+    def at(self, iou: float) -> browse.Outcomes:
+        """Per-image outcomes at IoU ``iou`` (computed once per threshold, cached on ``ev``)."""
+        return browse.outcomes(self.ev, iou)
+
 
 @dataclass
 class EvalSet:
@@ -52,7 +56,8 @@ class EvalSet:
 
     Attributes:
         image_paths: one path per image, in ``ev.gt.image_ids`` order (None: not found).
-        iou: IoU threshold of the per-image outcomes (TIDE's foreground IoU too).
+        iou: the default IoU threshold of the per-image outcomes (TIDE's foreground IoU
+            too); every view below takes another of the evaluation's thresholds.
     """
 
     gt_path: str
@@ -72,6 +77,23 @@ class EvalSet:
     @property
     def n_found(self) -> int:
         return sum(p is not None for p in self.image_paths)
+
+    @property
+    def iou_thresholds(self) -> list[float]:
+        """The evaluated IoU thresholds (COCO's 0.50, 0.55, ..., 0.95), rounded for display."""
+        return [round(float(t), 4) for t in self.runs[0].ev.params.iou_thrs]
+
+    def check_iou(self, iou: float | None) -> float:
+        """``iou`` as one of `iou_thresholds` (None: the default), or a clear `InputError`."""
+        if iou is None:
+            return self.iou
+        try:
+            iou_index(self.runs[0].ev, float(iou))
+        except (TypeError, ValueError):
+            raise InputError(f"IoU threshold: expected one of {self.iou_thresholds}, found {iou!r}") from None
+        except InputError:
+            raise InputError(f"IoU threshold: expected one of {self.iou_thresholds}, found {iou}") from None
+        return float(round(float(iou), 4))
 
 
 def _run_names(paths: list[str]) -> list[str]:
@@ -130,23 +152,33 @@ def _memo(es: EvalSet, key: tuple, make, keep: int = 32):
     return value
 
 
-def _prf(es: EvalSet, run: int, score: float) -> dict:
-    return _memo(es, ("prf", run, float(score)), lambda: prf_at(es.runs[run].ev, es.iou, score))
+def _prf(es: EvalSet, run: int, score: float, iou: float) -> dict:
+    return _memo(es, ("prf", run, float(score), iou), lambda: prf_at(es.runs[run].ev, iou, score))
+
+
+def tide_at(es: EvalSet, run: int, iou: float) -> dict:
+    """TIDE's counts and dAP of run ``run`` with foreground IoU ``iou`` (cached on ``es``)."""
+    if iou == es.iou:
+        return es.runs[run].tide
+    return _memo(es, ("tide", run, iou), lambda: tide_errors(es.runs[run].ev, t_f=iou))
 
 
 def _per_class(es: EvalSet, run: int) -> list[dict]:
     return _memo(es, ("per_class", run), lambda: per_class_table(es.runs[run].ev))
 
 
-def summary_markdown(es: EvalSet, score: float) -> str:
-    """COCO summary, P/R and TP/FP/FN at ``score``, TIDE counts and dAP; one column per run."""
+def summary_markdown(es: EvalSet, score: float, iou: float | None = None) -> str:
+    """COCO summary, P/R and TP/FP/FN at ``score`` and IoU ``iou`` (default ``es.iou``), TIDE
+    counts and dAP with that foreground IoU; one column per run."""
+    iou = es.check_iou(iou)
+    tides = [tide_at(es, k, iou) for k in range(len(es.runs))]
     def row(label: str, cells) -> str:
         return f"| {label} | " + " | ".join(cells) + " |"
 
     stats = [r.ev.stats_dict for r in es.runs]
-    prf = [_prf(es, k, score)["overall"] for k in range(len(es.runs))]
+    prf = [_prf(es, k, score, iou)["overall"] for k in range(len(es.runs))]
     kinds = ("classification", "localisation", "both", "duplicate", "background", "missed")
-    at = f"@ score ≥ {score:.2f}, IoU {es.iou:.2f}"
+    at = f"@ score ≥ {score:.2f}, IoU {iou:.2f}"
     lines = [row("", [r.name for r in es.runs]), "|---" * (len(es.runs) + 1) + "|"]
     lines += [row(key, [_num(st[key]) for st in stats]) for key in ("AP", "AP50", "AP75")]
     lines += [row("APs / APm / APl", [" / ".join(_num(st[k]) for k in ("APs", "APm", "APl"))
@@ -154,10 +186,10 @@ def summary_markdown(es: EvalSet, score: float) -> str:
               row("AR100", [_num(st["AR100"]) for st in stats]),
               row(f"precision / recall {at}", [f"{_num(p['precision'])} / {_num(p['recall'])}" for p in prf]),
               row(f"TP / FP / FN {at}", [f"{p['tp']} / {p['fp']} / {p['fn']}" for p in prf]),
-              row("TIDE count: cls / loc / both / dup / bkg / missed",
-                  [" / ".join(str(r.tide["counts"][k]) for k in kinds) for r in es.runs]),
-              row("TIDE dAP: cls / loc / both / dup / bkg / missed",
-                  [" / ".join(f"{r.tide['dAP'][k]:.3f}" for k in kinds) for r in es.runs])]
+              row(f"TIDE count @ IoU {iou:.2f}: cls / loc / both / dup / bkg / missed",
+                  [" / ".join(str(t["counts"][k]) for k in kinds) for t in tides]),
+              row(f"TIDE dAP @ IoU {iou:.2f}: cls / loc / both / dup / bkg / missed",
+                  [" / ".join(f"{t['dAP'][k]:.3f}" for k in kinds) for t in tides])]
     n = len(es.image_paths)
     canvas = ("tables and curves are complete; the image browser draws the boxes on a blank canvas "
               "(give --images DIR when starting detseg serve; files uploaded in the page come "
@@ -169,16 +201,17 @@ def summary_markdown(es: EvalSet, score: float) -> str:
             "objects. " + note + "\n\n" + "\n".join(lines))
 
 
-def class_table(es: EvalSet, score: float) -> tuple[list[str], list[list]]:
+def class_table(es: EvalSet, score: float, iou: float | None = None) -> tuple[list[str], list[list]]:
     """Per-class table, most ground truth first: #GT, then AP, AP50 and P/R/TP/FP/FN at
-    ``score`` for each run."""
+    ``score`` and IoU ``iou`` (default ``es.iou``) for each run."""
+    iou = es.check_iou(iou)
     head = ["class", "n_gt"]
     cols = []
     for k, r in enumerate(es.runs):
         suffix = f" {r.name}" if len(es.runs) > 1 else ""
         head += [f"{k}{suffix}" for k in ("AP", "AP50", "P", "R", "TP", "FP", "FN")]
         pc = _per_class(es, k)
-        pr = _prf(es, k, score)["per_class"]
+        pr = _prf(es, k, score, iou)["per_class"]
         cols.append([[_round(a["AP"]), _round(a["AP50"]), _round(b["precision"]),
                       _round(b["recall"]), b["tp"], b["fp"], b["fn"]] for a, b in zip(pc, pr, strict=True)])
     n_gt = [row["n_gt"] for row in _per_class(es, 0)]
@@ -286,13 +319,15 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     return out
 
 
-def pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
+def pr_figure(es: EvalSet, cat: int | None, iou: float | None = None) -> np.ndarray:
     """The PR curve of category index ``cat`` (or the class mean), each run a colour; solid:
-    mean over IoU .50:.95 (its mean is AP), dashed: IoU 0.50. (H, W, 3) uint8 RGB."""
-    return _memo(es, ("pr", cat), lambda: _pr_figure(es, cat))
+    mean over IoU .50:.95 (its mean is AP), dashed: at IoU ``iou`` (default ``es.iou``).
+    (H, W, 3) uint8 RGB."""
+    iou = es.check_iou(iou)
+    return _memo(es, ("pr", cat, iou), lambda: _pr_figure(es, cat, iou))
 
 
-def _pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
+def _pr_figure(es: EvalSet, cat: int | None, iou: float) -> np.ndarray:
     # matplotlib's object API, not pyplot: pyplot's global state is not safe across the
     # server's threads
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -304,10 +339,11 @@ def _pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
     for r, color in zip(es.runs, ("tab:blue", "tab:red"), strict=False):
         rec, p = browse.class_pr(r.ev, cat)
-        _, p50 = browse.class_pr(r.ev, cat, 0.5) if np.isclose(r.ev.params.iou_thrs, 0.5).any() else (rec, p)
+        _, p_t = browse.class_pr(r.ev, cat, iou)
         if np.isfinite(p).all():
             ax.plot(rec, p, "-", color=color, label=f"{r.name} AP {p.mean():.3f}")
-            ax.plot(rec, p50, "--", color=color, lw=1, label=f"{r.name} AP50 {p50.mean():.3f}")
+            ax.plot(rec, p_t, "--", color=color, lw=1,
+                    label=f"{r.name} AP{round(100 * iou)} {p_t.mean():.3f}")
     name = es.cat_names[cat] if cat is not None else "all classes (mean)"
     if not ax.lines:
         ax.text(0.5, 0.5, "no ground truth of this class", ha="center", va="center")
