@@ -4,6 +4,7 @@ through gradio_client on an app launched on 127.0.0.1 inside the test."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,137 @@ def test_serve_command_opens_the_evaluate_tab(files, yolox_nano, sam_paths):
         out = _stop(proc)
     assert "11 images, all found on disk" in summary and "| AP | 0.370 | 0.095 |" in summary
     assert "evaluate: instances.json: 11 images (11 found on disk); yolox_nano AP 0.370" in out
+
+
+# ---- the IoU threshold -------------------------------------------------------------------
+def test_the_iou_threshold_changes_every_count(eval_served, evalset):
+    """/eval_filter's fourth input: at IoU 0.75 the tab shows the library's outcomes at 0.75
+    (image list, per-image counts, summary, position), which differ from those at 0.5."""
+    from gradio_client.exceptions import AppError
+
+    c = _client(eval_served)
+    got = {}
+    for iou in (0.5, 0.75):
+        summary, classes, _, images, note, _, _, _, objects, position, *status = c.predict(
+            "all classes", "any", 0.3, iou, api_name="/eval_filter")
+        assert status == ["", ""] and f"at IoU {iou:.2f}" in note
+        assert f"TP / FP / FN @ score ≥ 0.30, IoU {iou:.2f}" in summary
+        outs = [r.at(iou) for r in evalset.runs]
+        counts = [browse.image_counts(o, evalset.gt.cat, 0.3) for o in outs]
+        ids = evalset.gt.image_ids.tolist()
+        for row in _rows(images):  # each listed image's TP/FP/FN for A and B: the library's
+            j = ids.index(int(row[1]))
+            assert row[3:] == ["/".join(str(int(v)) for v in c_[j]) for c_ in counts]
+        first = ids.index(int(_rows(images)[0][1]))
+        view = browse.image_view(evalset.runs[0].ev, outs[0], first, 0.3)
+        assert "yolox_nano: TP {} FP {} FN {}".format(*view.counts) in position
+        prf = prf_at(evalset.runs[0].ev, iou, 0.3)["overall"]
+        assert f"| {prf['tp']} / {prf['fp']} / {prf['fn']} |" in summary
+        got[iou] = (sum(c_.sum(axis=0) for c_ in counts), [r[3:] for r in _rows(images)], summary)
+    tp50, tp75 = got[0.5][0][0], got[0.75][0][0]
+    assert tp75 < tp50 and got[0.75][0][1] > got[0.5][0][1]  # fewer TP, more FP when stricter
+    assert got[0.75][1] != got[0.5][1] and got[0.75][2] != got[0.5][2]
+    # the filters follow it: localisation errors at 0.75 are the library's at 0.75
+    images, note = c.predict("all classes", "localisation", 0.3, 0.75, api_name="/eval_filter")[3:5]
+    want = np.union1d(*[browse.select_images(r.at(0.75), evalset.gt.cat, 0.3, None, "localisation")
+                        for r in evalset.runs])
+    assert {int(r[1]) for r in _rows(images)} == set(evalset.gt.image_ids[want].tolist())
+    with pytest.raises(AppError, match=r"IoU threshold: expected one of \[0.5, 0.55, .*found 0.52"):
+        c.predict("all classes", "any", 0.3, 0.52, api_name="/eval_filter")
+
+
+# ---- a failing action redraws its outputs, with the reason in the tab ------------------------
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict[str, Path]:
+    """A 30-image synthetic evaluation (no images, no model: runs without the assets) and
+    three bad inputs."""
+    d = tmp_path_factory.mktemp("small")
+    gt, res = evaluate_data.synthetic_set(d, n_images=30)
+    (d / "notes.json").write_text("these are notes, not JSON")
+    recs = json.loads(res.read_text())
+    for r in recs:
+        r["image_id"] += 10_000
+    (d / "other_dataset.json").write_text(json.dumps(recs))
+    return {"gt": gt, "res": res, "notes": d / "notes.json", "other": d / "other_dataset.json"}
+
+
+def _tab(preloaded):
+    """The Evaluate tab alone, and {api name: (handler, its .failure follow-up)}."""
+    import gradio as gr
+
+    from detseg.serve import evaluate as eval_tab
+
+    with gr.Blocks() as demo, gr.Tabs():
+        eval_tab.build_tab(demo, preloaded)
+    fns = list(demo.fns.values())
+    out = {}
+    for f in fns:
+        if f.api_name in eval_tab.API_NAMES:
+            (g,) = [g for g in fns if g.trigger_after == f._id and g.trigger_only_on_failure]
+            assert [o._id for o in g.outputs] == [o._id for o in f.outputs]
+            out[f.api_name] = (f.fn, g.fn)
+    assert set(out) == set(eval_tab.API_NAMES)
+    return out
+
+
+@pytest.mark.parametrize(("files_", "iou_type", "says"), [
+    (("notes", "res"), "bbox", r"notes\.json: malformed JSON at line 1"),
+    (("gt", "other"), "bbox", r"other_dataset\.json: results\[0\]: field 'image_id': unknown image id"),
+    (("gt", "res"), "segm", r"gt\.json: annotations\[0\]: missing field 'segmentation'"),
+])
+def test_a_refused_upload_keeps_the_view_and_says_why(small, files_, iou_type, says):
+    import gradio as gr
+
+    from detseg.serve.evaluate import Browse
+
+    es = es_mod.load_evalset(small["gt"], [small["res"]])
+    tab = _tab(es)
+    load, load_failed = tab["eval_load"]
+    b = Browse(key="cli")
+    before = tab["eval_filter"][0](b, "all classes", "FN", 0.4, 0.6)
+    tab["eval_next"][0](b)
+    pos = b.pos
+    with pytest.raises(gr.Error, match=says):
+        load(b, str(small[files_[0]]), str(small[files_[1]]), None, iou_type, "any", 0.3, 0.5)
+    after = load_failed(b)
+    load_status, status = after[-2:]
+    assert re.search(says, load_status) and load_status.startswith("**Error:**") and status == ""
+    # the same evaluation, filters and image as before the refused upload
+    assert b.key == "cli" and (b.error, b.score, b.iou, b.pos) == ("FN", 0.4, 0.6, pos)
+    assert after[1] == before[1] and _value(after[2]) == _value(before[2])  # summary, classes
+    assert after[10] == tab["eval_show"][0](b, int(es.gt.image_ids[b.order[pos]]))[4]  # position
+    # a success clears the message
+    assert tab["eval_next"][0](b)[-2:] == ("", "")
+
+
+def test_refused_filters_and_browsing_keep_the_view_and_say_why(small):
+    import gradio as gr
+
+    from detseg.serve.evaluate import Browse
+
+    es = es_mod.load_evalset(small["gt"], [small["res"]])
+    tab = _tab(es)
+    b = Browse(key="cli")
+    shown = tab["eval_filter"][0](b, "all classes", "FP", 0.3, 0.75)
+    for name, args, says in (
+            ("eval_filter", ("all classes", "any", 0.3, 0.52), "IoU threshold: expected one of"),
+            ("eval_filter", ("all classes", "any", "high", 0.5), "score threshold: expected a number"),
+            ("eval_filter", ("no_such_class", "any", 0.3, 0.5), "class: expected one of"),
+            ("eval_show", (42_000,), "image id: 42000 is not in ")):
+        handler, failed = tab[name]
+        with pytest.raises(gr.Error, match=says):
+            handler(b, *args)
+        again = failed(b)
+        assert again[-2] == "" and says in again[-1] and again[-1].startswith("**Error:**")
+        assert (b.error, b.score, b.iou) == ("FP", 0.3, 0.75)  # nothing moved
+        assert again[10 if name == "eval_filter" else 4] == shown[10]  # the same image
+    # no evaluation at all (no --gt/--pred, nothing uploaded): the tab says what to do
+    nothing = Browse()
+    with pytest.raises(gr.Error, match="no evaluation loaded"):
+        tab["eval_next"][0](nothing)
+    assert "no evaluation loaded" in tab["eval_next"][1](nothing)[-1]
+    assert "Upload files above" in _tab(None)["eval_load"][1](nothing)[1]
+
+
+def _value(x):
+    return x.value if hasattr(x, "value") else x
