@@ -117,3 +117,68 @@ def test_upload_files_in_the_page(eval_served, files, browser) -> None:
     finally:
         page.screenshot(path=str(ARTIFACTS / "evaluate_upload.png"), full_page=True)
         page.close()
+
+
+OUTPUT_IDS = ("eval-summary", "eval-classes", "eval-pr", "eval-images", "eval-list-note",
+              "eval-class", "eval-view-a", "eval-view-b", "eval-objects", "eval-position")
+
+
+def _no_error_markers(page) -> None:
+    for elem_id in OUTPUT_IDS:
+        text = page.locator(f"#{elem_id}").inner_text()
+        assert "Error" not in text.split(), f"#{elem_id} still shows an Error marker: {text!r}"
+
+
+def test_iou_threshold_and_a_refused_upload(eval_served, evalset, browser, tmp_path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.set_default_timeout(TIMEOUT_MS)
+    shot = "evaluate_iou.png"
+    try:
+        page.goto(eval_served)
+        page.get_by_text("11 images, all found on disk").first.wait_for()
+        page.locator("#eval-position").get_by_text("Image 1 of").wait_for()
+        note = _text(page, "eval-list-note")
+        assert "at IoU 0.50" in note
+        # the IoU threshold: typed in the slider's box, applied when the box is left
+        page.locator("#eval-iou input[type=number]").fill("0.75")
+        page.locator("#eval-iou input[type=number]").press("Tab")
+        note = _wait_text_change(page, "eval-list-note", note)
+        assert "at IoU 0.75" in note
+        page.locator("#eval-summary").get_by_text("IoU 0.75").first.wait_for()
+        want = np.union1d(*[browse.select_images(r.at(0.75), evalset.gt.cat, 0.3, None, "any")
+                            for r in evalset.runs])
+        assert re.search(r"(\d+) images match", note).group(1) == str(want.size)
+        pos = _text(page, "eval-position")
+        image_id = int(re.search(r"· id (\d+) ·", pos).group(1))
+        j = int(np.flatnonzero(evalset.gt.image_ids == image_id)[0])
+        counts = browse.image_view(evalset.runs[0].ev, evalset.runs[0].at(0.75), j, 0.3).counts
+        assert "yolox_nano: TP {} FP {} FN {}".format(*counts) in pos  # the drawn image's, at 0.75
+        _loaded(page, "eval-view-a")
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+
+        # a ground truth that is not JSON: refused, said under the Evaluate button, the view stays
+        shot = "evaluate_refused.png"
+        bad = tmp_path / "notes.json"
+        bad.write_text("these are notes, not JSON")
+        page.get_by_text("Evaluate results files").click()  # the accordion
+        page.locator("#eval-gt input[type=file]").set_input_files(str(bad))
+        page.locator("#eval-a input[type=file]").set_input_files(str(evalset.runs[0].path))
+        page.locator("#eval-a").get_by_text("yolox_nano.json").first.wait_for()
+        page.locator("#eval-load").click()
+        page.locator("#eval-load-status").get_by_text("notes.json: malformed JSON").wait_for()
+        assert _text(page, "eval-load-status").startswith("Error:")
+        page.wait_for_timeout(500)  # the redraw lands
+        assert "11 images, all found on disk" in _text(page, "eval-summary")
+        assert _text(page, "eval-position") == pos and _text(page, "eval-list-note") == note
+        _no_error_markers(page)
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+        # the next action that works clears the message
+        page.locator("#eval-next").click()
+        page.locator("#eval-position").get_by_text(f"Image 2 of {want.size}").wait_for()
+        page.wait_for_function("() => !document.querySelector('#eval-load-status').innerText.trim()")
+        shot = None
+    finally:
+        if shot:
+            page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+        page.close()
