@@ -7,7 +7,7 @@ boxes an example is about are drawn thick, the rest thin. Each class has its own
 (hues spread by the golden ratio, so neighbouring class ids differ). Labels are placed
 greedily, most important first, at the first of several spots around the box where they
 overlap no label placed before; a label with no free spot is left out rather than drawn
-over another.
+over another. Masks (segm evaluations) are drawn as their outlines in the same styles.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from detseg.detections import Detections
 from detseg.errors import InputError
+from detseg.eval.outlines import draw_outline
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -115,6 +116,8 @@ def draw_gt_vs_pred(
     crop: Sequence[float] | None = None,
     max_side: int = 320,
     label_all: bool = True,
+    gt_outlines: Sequence[Sequence[np.ndarray] | None] | None = None,
+    pred_outlines: Sequence[Sequence[np.ndarray] | None] | None = None,
 ) -> np.ndarray:
     """``image`` (or a crop of it) scaled to ``max_side``, with ground truth and predictions.
 
@@ -128,6 +131,9 @@ def draw_gt_vs_pred(
         crop: xyxy region of the image to show (default: all of it).
         max_side: the longer side of the result in pixels (never upscaled past 2x).
         label_all: label every box (False: only the focus boxes, for small thumbnails).
+        gt_outlines, pred_outlines: per box, the mask's outline to draw instead of the box
+            (`outlines.segmentation_outlines`: (K, 2) x, y polylines in image pixels), or None
+            / empty to draw the box; labels stay placed by the boxes.
     Returns:
         (h, w, 3) uint8 RGB.
     """
@@ -153,6 +159,9 @@ def draw_gt_vs_pred(
         b = np.asarray(b, np.float64).reshape(-1, 4)
         return (b - [cx0, cy0, cx0, cy0]) * scale
 
+    def outline(polys: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+        return [(np.asarray(p, np.float64).reshape(-1, 2) - [cx0, cy0]) * scale for p in polys or ()]
+
     def visible(b: np.ndarray) -> np.ndarray:
         return (b[:, 2] > 0) & (b[:, 0] < out_w) & (b[:, 3] > 0) & (b[:, 1] < out_h)
 
@@ -172,9 +181,15 @@ def draw_gt_vs_pred(
         col = class_color(k)
         x1, y1, x2, y2 = gi[i].tolist()
         focus = i in fg
-        if focus:  # a dark halo keeps a thick dashed line visible on any background
-            _dashed_rect(out, (x1, y1), (x2, y2), (0, 0, 0), thick + 2)
-        _dashed_rect(out, (x1, y1), (x2, y2), col, thick if focus else thin)
+        poly = outline(gt_outlines[i]) if gt_outlines is not None else []
+        if poly:
+            if focus:
+                draw_outline(out, poly, (0, 0, 0), thick + 2, dashed=True)
+            draw_outline(out, poly, col, thick if focus else thin, dashed=True)
+        else:
+            if focus:  # a dark halo keeps a thick dashed line visible on any background
+                _dashed_rect(out, (x1, y1), (x2, y2), (0, 0, 0), thick + 2)
+            _dashed_rect(out, (x1, y1), (x2, y2), col, thick if focus else thin)
         if label_all or focus:
             labels.append(_Label(f"GT {names.get(k, k)}", tuple(gb[i]), (30, 30, 30), col,
                                  0 if focus else 2))
@@ -184,7 +199,12 @@ def draw_gt_vs_pred(
         col = class_color(k)
         x1, y1, x2, y2 = pi[i].tolist()
         focus = i in fp
-        if focus:
+        poly = outline(pred_outlines[i]) if pred_outlines is not None else []
+        if poly:
+            if focus:
+                draw_outline(out, poly, (255, 255, 255), thick + 2)
+            draw_outline(out, poly, col, thick if focus else thin)
+        elif focus:
             cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), thick + 2, cv2.LINE_AA)
             cv2.rectangle(out, (x1, y1), (x2, y2), col, thick, cv2.LINE_AA)
         else:

@@ -4,7 +4,7 @@
 classification, localisation, both, duplicate, background, and missed ground truth), the
 worst examples (the highest-scoring false positives; the largest missed objects), draws each
 as a JPEG thumbnail cropped around it (`drawing.draw_gt_vs_pred`: ground truth dashed,
-predictions solid with score and IoU), and ranks the images by cost (false positives + false
+predictions solid with score and IoU; for a segm evaluation the masks' outlines), and ranks the images by cost (false positives + false
 negatives at the report's IoU and score thresholds). `gallery_html` turns it into a section
 of the one-file HTML report (thumbnails embedded as data URIs).
 
@@ -30,6 +30,7 @@ from detseg.eval.analysis import _area_all
 from detseg.eval.drawing import class_color, draw_gt_vs_pred, encode_jpeg
 from detseg.eval.error_analysis import ERROR_TYPES, FP_TYPES, DetectionErrors, detection_errors
 from detseg.eval.metrics import CocoEvaluation
+from detseg.eval.outlines import segmentation_outlines
 
 log = logging.getLogger(__name__)
 
@@ -265,12 +266,30 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
         known = (pos >= 0) & (errors.gt[np.maximum(pos, 0)] >= 0) & np.isfinite(errors.iou[np.maximum(pos, 0)])
         return np.where(known, errors.iou[np.maximum(pos, 0)], best)
 
+    segm = ev.iou_type == "segm"
+    gt_segs, res_segs = ev.gt.segmentation, ev.results.segmentation
+
+    def outlines(i: int, h: int, w: int, gi: np.ndarray, ri: np.ndarray, memo: dict) -> dict:
+        """Mask outlines (segm only) of the ground truths and results drawn: keyword arguments
+        of `draw_gt_vs_pred`, each mask traced once per image."""
+        if not segm:
+            return {}
+
+        def get(kind: str, segs: list | None, j: int) -> list[np.ndarray]:
+            if (kind, j) not in memo:
+                memo[kind, j] = segmentation_outlines(segs[j] if segs is not None else None, h, w)
+            return memo[kind, j]
+
+        return {"gt_outlines": [get("g", gt_segs, j) for j in gi.tolist()],
+                "pred_outlines": [get("r", res_segs, j) for j in ri.tolist()]}
+
     def work(i: int) -> tuple[int, dict[int, bytes], bytes | None, bool]:
         image = load_image(i)
         if image is None:
             return i, {}, None, False
         h, w = image.shape[:2]
         thumbs: dict[int, bytes] = {}
+        memo: dict = {}
         for k, e in enumerate(by_img.get(i, [])):
             gt, pred, gi, ri = index.view(i, score, e.det)
             focus_p = np.flatnonzero(ri == e.det).tolist() if e.det >= 0 else []
@@ -279,13 +298,14 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
             crop = _crop(boxes, w, h) if boxes.size else None
             drawn = draw_gt_vs_pred(image, gt, pred, names, pred_iou=pred_ious(ri, gt, pred),
                                     focus_gt=focus_g, focus_pred=focus_p, crop=crop, max_side=max_side,
-                                    label_all=False)
+                                    label_all=False, **outlines(i, h, w, gi, ri, memo))
             thumbs[k] = encode_jpeg(drawn, quality)
         view = None
         if i in view_imgs:
             gt, pred, gi, ri = index.view(i, score)
             view = encode_jpeg(draw_gt_vs_pred(image, gt, pred, names, pred_iou=pred_ious(ri, gt, pred),
-                                               max_side=view_side), quality)
+                                               max_side=view_side, **outlines(i, h, w, gi, ri, memo)),
+                               quality)
         return i, thumbs, view, True
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV decodes and draws without the GIL

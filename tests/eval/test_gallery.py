@@ -230,3 +230,53 @@ def test_gallery_on_the_real_coco_images(coco11, tmp_path):
     data = json.loads(files["json"].read_text())["gallery"]
     assert data["note"] is None and data["n_examples"] > 0
     assert files["html"].stat().st_size < 5_000_000
+
+
+def test_masks_are_drawn_as_their_outlines_not_their_boxes():
+    img = np.zeros((200, 200, 3), np.uint8)
+    box = np.array([[40, 40, 160, 160]], np.float32)
+    tri = [np.array([[40, 40], [160, 40], [40, 160]], np.float64)]  # the box's upper-left half
+    one = Detections(box, np.ones(1, np.float32), np.zeros(1, np.int64))
+    empty = Detections.empty()
+    for kw in ({"pred_outlines": [tri]}, {"gt_outlines": [tri]}):
+        gt, pred = (empty, one) if "pred_outlines" in kw else (one, empty)
+        as_box = draw_gt_vs_pred(img, gt, pred, {0: "a"}, max_side=200, label_all=False)
+        as_mask = draw_gt_vs_pred(img, gt, pred, {0: "a"}, max_side=200, label_all=False, **kw)
+        on = lambda out, y, x: out[y - 1:y + 2, x - 1:x + 2].any()  # noqa: E731
+        assert on(as_mask, 100, 100) and not on(as_box, 100, 100)  # the diagonal
+        assert on(as_box, 159, 159) and not on(as_mask, 150, 159)  # the box's far corner
+    # an empty outline (no mask) falls back to the box
+    both = draw_gt_vs_pred(img, empty, one, {0: "a"}, max_side=200, label_all=False, pred_outlines=[[]])
+    assert np.array_equal(both, draw_gt_vs_pred(img, empty, one, {0: "a"}, max_side=200, label_all=False))
+
+
+def test_segm_gallery_draws_masks(tmp_path):
+    gt, res = make_problem(73, n_images=12, n_cats=3, segm=True)
+    _write_images(gt, tmp_path / "images")
+    (tmp_path / "instances.json").write_text(json.dumps(gt))
+    calls = []
+    import detseg.eval.gallery as gallery_mod
+
+    real = gallery_mod.segmentation_outlines
+
+    def spy(seg, h, w):
+        calls.append((h, w))
+        return real(seg, h, w)
+
+    ev_s = evaluate(tmp_path / "instances.json", res, "segm")
+    ev_b = evaluate(tmp_path / "instances.json", res, "bbox")
+    from detseg.eval.gallery import gallery_for
+
+    try:
+        gallery_mod.segmentation_outlines = spy
+        g_s, _ = gallery_for(ev_s, per_class=2)
+    finally:
+        gallery_mod.segmentation_outlines = real
+    g_b, _ = gallery_for(ev_b, per_class=2)
+    assert g_s.note is None and len(g_s.examples) > 5
+    assert calls and all(hw == (240, 320) for hw in calls)
+    # a mask example that is also a box example (same detection, same error) looks different
+    key = lambda e: (e.error, e.det, e.gt)  # noqa: E731
+    boxes = {key(e): e.thumb for e in g_b.examples}
+    same = [e for e in g_s.examples if key(e) in boxes]
+    assert same and any(e.thumb != boxes[key(e)] for e in same)
