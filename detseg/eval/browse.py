@@ -238,6 +238,8 @@ class ImageView:
         det_box: (d, 4); det_cat, det_score, det_iou: (d,); det_state: (d,) TP, FP or
             IGNORED; det_error: (d,) index into `FP_TYPES` or -1. Sorted by score descending.
         counts: (TP, FP, FN) of what is shown.
+        gt_index: (g,) int64 indices into the `GroundTruth` arrays (``ev.gt.segmentation[k]``
+            is the mask); det_index: (d,) int64 indices into the `Results` arrays.
     """
 
     image_index: int
@@ -252,6 +254,8 @@ class ImageView:
     det_iou: np.ndarray
     det_state: np.ndarray
     det_error: np.ndarray
+    gt_index: np.ndarray
+    det_index: np.ndarray
 
     @property
     def counts(self) -> tuple[int, int, int]:
@@ -295,6 +299,7 @@ def image_view(ev: CocoEvaluation, o: Outcomes, image_index: int, score: float =
         int(image_index), int(ev.gt.image_ids[image_index]), xywh_to_xyxy(ev.gt.bbox[g]),
         ev.gt.cat[g], g_state, o.gt_missed[g], xywh_to_xyxy(ev.results.bbox[o.det[d]]),
         o.det_cat[d], o.det_score[d], o.det_iou[d], o.det_state[d], o.det_error[d],
+        np.asarray(g, np.int64), np.asarray(o.det[d], np.int64),
     )
 
 

@@ -20,6 +20,7 @@ from detseg.errors import InputError
 from detseg.eval import CocoEvaluation, browse, evaluate
 from detseg.eval.analysis import iou_index, per_class_table, prf_at
 from detseg.eval.error_analysis import tide_errors
+from detseg.eval.outlines import draw_outline, segmentation_outlines
 
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -32,7 +33,9 @@ IGNORED_RGB = (160, 160, 160)  # crowd regions and what matched them
 SHORT_ERROR = {"classification": "cls", "localisation": "loc", "both": "both",
                "duplicate": "dup", "background": "bkg", "other": "other"}
 LEGEND = ("ground truth: green = found, orange dashed = missed (FN); predictions: blue = TP, "
-          "red = FP (with its error type: cls, loc, both, dup, bkg); grey = crowd / ignored")
+          "red = FP (with its error type: cls, loc, both, dup, bkg); grey = crowd / ignored. "
+          "segm: the masks' outlines instead of the boxes, ground truth dashed, predictions solid")
+MAX_OUTLINES = 5000  # traced mask outlines kept per evaluation set (RLE decoding is the cost)
 
 
 @dataclass
@@ -256,11 +259,39 @@ def _dashed_rect(img: np.ndarray, p1, p2, color, thick: int, dash: int) -> None:
             cv2.line(img, q1, q2, color, thick)
 
 
+def view_outlines(es: EvalSet, run: int, view: browse.ImageView
+                  ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]] | tuple[None, None]:
+    """The mask outlines of what ``view`` (of run ``run``) shows, for `draw_view`: per ground
+    truth and per detection a list of (K, 2) float64 x, y polylines in image pixels (empty
+    where the record has no mask). (None, None) for a bbox evaluation. Each outline is traced
+    once and kept on ``es`` (the last `MAX_OUTLINES`)."""
+    ev = es.runs[run].ev
+    if ev.iou_type != "segm":
+        return None, None
+    h, w = (int(v) for v in es.gt.image_hw[view.image_index])
+
+    def get(kind: str, segs: list | None, k: int) -> list[np.ndarray]:
+        if segs is None:
+            return []
+        key = ("outline", kind, k) if kind == "g" else ("outline", kind, run, k)
+        return _memo(es, key, lambda: segmentation_outlines(segs[k], h, w), keep=MAX_OUTLINES)
+
+    return ([get("g", es.gt.segmentation, k) for k in view.gt_index.tolist()],
+            [get("r", ev.results.segmentation, k) for k in view.det_index.tolist()])
+
+
 def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
-              max_side: int = 960, found: bool = True) -> np.ndarray:
+              max_side: int = 960, found: bool = True,
+              gt_outlines: list[list[np.ndarray]] | None = None,
+              det_outlines: list[list[np.ndarray]] | None = None) -> np.ndarray:
     """Draw ``view`` on (a downscaled copy of) ``image``: ground truth and predictions in the
     styles of `LEGEND`. Labels (class, score, IoU, error type; highest scores first, then the
-    missed ground truths) go where they hide no earlier label, or are left out."""
+    missed ground truths) go where they hide no earlier label, or are left out.
+
+    ``gt_outlines`` / ``det_outlines`` (`view_outlines`): per ground truth / detection, its
+    mask's outline ((K, 2) x, y in ``image``'s pixels), drawn instead of the box (ground truth
+    dashed, predictions solid, in the box's colour); an empty one draws the box. Labels stay
+    placed by the boxes."""
     import cv2
 
     h, w = image.shape[:2]
@@ -292,18 +323,30 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     def px(b: np.ndarray) -> tuple[int, int, int, int]:
         return tuple(round(float(v) * s) for v in b)
 
+    def outline(polys: list[np.ndarray] | None) -> list[np.ndarray]:
+        return [np.asarray(p, np.float64).reshape(-1, 2) * s for p in polys or ()]
+
     # every box first, then the labels on top (highest scores first, missed ground truth last)
-    for b, st in zip(view.gt_box, view.gt_state, strict=True):
+    for k, (b, st) in enumerate(zip(view.gt_box, view.gt_state, strict=True)):
         x1, y1, x2, y2 = px(b)
-        if st == browse.FN:
+        poly = outline(gt_outlines[k]) if gt_outlines is not None else []
+        if poly:
+            color = (GT_RGB, FN_RGB, IGNORED_RGB)[int(st)]
+            draw_outline(out, poly, color, th + 1, dashed=True, dash=max(6, 5 * th))
+        elif st == browse.FN:
             _dashed_rect(out, (x1, y1), (x2, y2), FN_RGB, th + 1, max(4, 4 * th))
         else:
             cv2.rectangle(out, (x1, y1), (x2, y2), GT_RGB if st == browse.TP else IGNORED_RGB, th + 1)
-    for b, c, st, e, sc, i in zip(view.det_box, view.det_cat, view.det_state, view.det_error,
-                                  view.det_score, view.det_iou, strict=True):
+    for k, (b, c, st, e, sc, i) in enumerate(zip(view.det_box, view.det_cat, view.det_state,
+                                                 view.det_error, view.det_score, view.det_iou,
+                                                 strict=True)):
         color = (TP_RGB, FP_RGB, IGNORED_RGB)[int(st)]
         x1, y1, x2, y2 = px(b)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, th)
+        poly = outline(det_outlines[k]) if det_outlines is not None else []
+        if poly:
+            draw_outline(out, poly, color, th)
+        else:
+            cv2.rectangle(out, (x1, y1), (x2, y2), color, th)
         tag = f" {SHORT_ERROR[browse.FP_TYPES[int(e)]]}" if e >= 0 else ""
         iou = f" IoU {i:.2f}" if i > 0 else ""
         labels.append((f"{cat_names[int(c)]} {sc:.2f}{iou}{tag}", (x1, y1, x2, y2), color))

@@ -172,7 +172,11 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
         j = int(b.order[b.pos])
         image, found = es_mod.read_image_or_blank(es, j)
         views = [browse.image_view(r.ev, r.at(b.iou), j, b.score, b.cat) for r in es.runs]
-        pics = [es_mod.draw_view(image, v, es.cat_names, found=found) for v in views]
+        pics = []
+        for k, v in enumerate(views):  # segm: the masks' outlines instead of the boxes
+            gt_lines, det_lines = es_mod.view_outlines(es, k, v)
+            pics.append(es_mod.draw_view(image, v, es.cat_names, found=found,
+                                         gt_outlines=gt_lines, det_outlines=det_lines))
         details = [{"run": r.name, **row} for r, v in zip(es.runs, views, strict=True)
                    for row in v.rows(es.cat_names)]
         counts = " · ".join("{}: TP {} FP {} FN {}".format(r.name, *v.counts)

@@ -3,6 +3,7 @@ through gradio_client on an app launched on 127.0.0.1 inside the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -324,3 +325,98 @@ def test_refused_filters_and_browsing_keep_the_view_and_say_why(small):
 
 def _value(x):
     return x.value if hasattr(x, "value") else x
+
+
+# ---- segm: the masks' outlines ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segm_set(tmp_path_factory):
+    """A small segm problem (polygon ground truth, crowd as RLE, compressed-RLE results) with
+    grey canvases for images: (ground truth dict, results list, EvalSet)."""
+    from tests.eval.synthetic import make_problem
+
+    d = tmp_path_factory.mktemp("segm")
+    gt, res = make_problem(seed=3, n_images=12, n_cats=3, dets_per_image=6, segm=True)
+    (d / "gt.json").write_text(json.dumps(gt))
+    (d / "res.json").write_text(json.dumps(res))
+    return gt, res, es_mod.load_evalset(d / "gt.json", [d / "res.json"], "segm")
+
+
+def test_segm_views_draw_each_objects_own_mask_outline(segm_set):
+    from detseg.eval.outlines import segmentation_outlines
+
+    gt, res, es = segm_set
+    r = es.runs[0]
+    ann = {a["id"]: a for a in gt["annotations"]}
+    drawn = 0
+    for j in range(len(es.gt.image_ids)):
+        v = browse.image_view(r.ev, r.outcomes, j, 0.0)
+        g_lines, d_lines = es_mod.view_outlines(es, 0, v)
+        assert len(g_lines) == len(v.gt_box) and len(d_lines) == len(v.det_box)
+        h, w = gt["images"][0]["height"], gt["images"][0]["width"]
+        for k, lines in zip(v.gt_index.tolist(), g_lines, strict=True):  # the record's own mask
+            seg = ann[int(es.gt.ids[k])]["segmentation"]
+            want = segmentation_outlines(seg, h, w)
+            assert len(lines) == len(want) and all(np.array_equal(a, b) for a, b in zip(lines, want, strict=True))
+        for k, lines in zip(v.det_index.tolist(), d_lines, strict=True):
+            want = segmentation_outlines(res[k]["segmentation"], h, w)
+            assert len(lines) == len(want) and all(np.array_equal(a, b) for a, b in zip(lines, want, strict=True))
+        again = es_mod.view_outlines(es, 0, v)[1]
+        assert all(a is b for a, b in zip(again, d_lines, strict=True))  # traced once, then kept
+        drawn += sum(len(lines) > 0 for lines in d_lines)
+    assert drawn > 30
+
+
+def test_segm_outlines_are_drawn_inside_the_boxes(segm_set):
+    """On a segm problem the picture differs from the box-only one inside the boxes, along
+    each mask's outline: predictions in their solid colour, ground truth dashed."""
+    import cv2
+
+    _, _, es = segm_set
+    r = es.runs[0]
+
+    def inside(box, lines, shape) -> np.ndarray:
+        """(H, W) bool: the outline's pixels at least 4 px inside the box."""
+        on = np.zeros(shape, np.uint8)
+        cv2.polylines(on, [np.rint(p).astype(np.int32) for p in lines], True, 1, 1)
+        x1, y1, x2, y2 = box
+        keep = np.zeros_like(on, bool)
+        keep[int(np.ceil(y1)) + 4:int(y2) - 3, int(np.ceil(x1)) + 4:int(x2) - 3] = True
+        return (on > 0) & keep
+
+    def one(v, kind: str, k: int):
+        """``v`` with only its ``k``-th ground truth or detection (no other object on top)."""
+        sel = {f: (getattr(v, f)[k:k + 1] if f.startswith(kind) else getattr(v, f)[:0])
+               for f in v.__dataclass_fields__ if f.startswith(("gt_", "det_"))}
+        return dataclasses.replace(v, **sel)
+
+    checked: list[tuple[str, int]] = []
+    for j in range(len(es.gt.image_ids)):
+        v = browse.image_view(r.ev, r.outcomes, j, 0.3)
+        g_lines, d_lines = es_mod.view_outlines(es, 0, v)
+        canvas = np.zeros((*es.gt.image_hw[j], 3), np.uint8)
+        boxes = es_mod.draw_view(canvas, v, es.cat_names)
+        masks = es_mod.draw_view(canvas, v, es.cat_names, gt_outlines=g_lines, det_outlines=d_lines)
+        assert boxes.shape == masks.shape == canvas.shape and (masks != boxes).any()
+        for kind, lines_all, states, colours in (
+                ("det_", d_lines, v.det_state, (es_mod.TP_RGB, es_mod.FP_RGB, es_mod.IGNORED_RGB)),
+                ("gt_", g_lines, v.gt_state, (es_mod.GT_RGB, es_mod.FN_RGB, es_mod.IGNORED_RGB))):
+            for k, (lines, st) in enumerate(zip(lines_all, states, strict=True)):
+                rgb, w1 = colours[int(st)], one(v, kind, k)
+                box = (w1.det_box if kind == "det_" else w1.gt_box)[0]
+                px = inside(box, lines, canvas.shape[:2])
+                if px.sum() < 40:  # a tiny mask: its outline is the box's edge
+                    continue
+                drawn = es_mod.draw_view(canvas, w1, es.cat_names, gt_outlines=[lines] if kind == "gt_" else [],
+                                         det_outlines=[lines] if kind == "det_" else [])
+                before = es_mod.draw_view(canvas, w1, es.cat_names)
+                hit = (np.abs(drawn[px].astype(int) - rgb).sum(axis=1) < 60).mean()
+                was = (np.abs(before[px].astype(int) - rgb).sum(axis=1) < 60).mean()  # a label's
+                if kind == "det_":
+                    assert hit > 0.75 and was < hit - 0.4, (hit, was)  # solid, in the box's colour
+                else:
+                    assert 0.2 < hit < 0.8 and was < hit - 0.1, (hit, was)  # dashed: on and off
+                checked.append((kind, int(st)))
+    assert {("det_", browse.TP), ("det_", browse.FP), ("gt_", browse.TP), ("gt_", browse.FN)} <= set(checked)
+    # a bbox evaluation draws no outline
+    bbox = es_mod.load_evalset(es.gt_path, [es.runs[0].path], "bbox")
+    assert es_mod.view_outlines(bbox, 0, v) == (None, None)
