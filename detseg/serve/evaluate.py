@@ -219,15 +219,23 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
 
     def redraw(full: bool) -> Callable:
         """The ``.failure`` follow-up: the same outputs again from the view as it was before
-        the failing action (nothing moves), with the error in its status line."""
+        the failing action (nothing moves), with the error in its status line; after a
+        refused filter or upload (``full``) the filter controls go back to the view's values
+        too."""
         def on_failed(b: Browse) -> tuple:
             if b.key is None:
-                return blank_all(b) if full else blank_view(b)
+                return (*blank_all(b), *[gr.skip()] * 3) if full else blank_view(b)
             try:
-                return all_outputs(b, False, keep_place=True) if full else view_outputs(b)
+                if not full:
+                    return view_outputs(b)
+                out = list(all_outputs(b, False, keep_place=True))
+                es = store.get(b.key)
+                out[6] = gr.Dropdown(choices=[ALL, *es.cat_names],
+                                     value=ALL if b.cat is None else es.cat_names[b.cat])
+                return (*out, b.error, b.score, b.iou)
             except DetsegError as exc:  # e.g. the evaluation was dropped to save memory
                 b.message, b.area = str(exc), b.area or "browse"
-                return blank_all(b) if full else blank_view(b)
+                return (*blank_all(b), *[gr.skip()] * 3) if full else blank_view(b)
         return on_failed
 
     # ---- handlers -------------------------------------------------------------------
@@ -359,8 +367,10 @@ def build_tab(demo: gr.Blocks, preloaded: EvalSet | None = None, concurrency_lim
                    concurrency_id="evaluate", api_visibility="public" if name else "private", **kw)
         # a failing action redraws what it would have drawn, so no "Error" marker stays on
         # the outputs, and says why in the tab's status line
-        ev.failure(redraw(outputs is all_out), [state], outputs, api_visibility="private",
-                   concurrency_limit=concurrency_limit, concurrency_id="evaluate")
+        full = outputs is all_out
+        ev.failure(redraw(full), [state], outputs + ([error, score, iou] if full else []),
+                   api_visibility="private", concurrency_limit=concurrency_limit,
+                   concurrency_id="evaluate")
         return ev
 
     api(load_btn.click, on_load, [state, gt_in, a_in, b_in, iou_type, error, score, iou], all_out,

@@ -258,7 +258,11 @@ def _tab(preloaded):
     for f in fns:
         if f.api_name in eval_tab.API_NAMES:
             (g,) = [g for g in fns if g.trigger_after == f._id and g.trigger_only_on_failure]
-            assert [o._id for o in g.outputs] == [o._id for o in f.outputs]
+            # the same outputs; after a filter or upload, the filter controls too
+            n = len(f.outputs)
+            assert [o._id for o in g.outputs[:n]] == [o._id for o in f.outputs]
+            assert [o.elem_id for o in g.outputs[n:]] == (
+                ["eval-error", "eval-score", "eval-iou"] if n == 13 else [])
             out[f.api_name] = (f.fn, g.fn)
     assert set(out) == set(eval_tab.API_NAMES)
     return out
@@ -284,7 +288,8 @@ def test_a_refused_upload_keeps_the_view_and_says_why(small, files_, iou_type, s
     with pytest.raises(gr.Error, match=says):
         load(b, str(small[files_[0]]), str(small[files_[1]]), None, iou_type, "any", 0.3, 0.5)
     after = load_failed(b)
-    load_status, status = after[-2:]
+    load_status, status = after[11:13]
+    assert after[13:] == ("FN", 0.4, 0.6)  # the filter controls show the view's values
     assert re.search(says, load_status) and load_status.startswith("**Error:**") and status == ""
     # the same evaluation, filters and image as before the refused upload
     assert b.key == "cli" and (b.error, b.score, b.iou, b.pos) == ("FN", 0.4, 0.6, pos)
@@ -312,7 +317,10 @@ def test_refused_filters_and_browsing_keep_the_view_and_say_why(small):
         with pytest.raises(gr.Error, match=says):
             handler(b, *args)
         again = failed(b)
-        assert again[-2] == "" and says in again[-1] and again[-1].startswith("**Error:**")
+        load_status, status = again[11:13] if name == "eval_filter" else again[5:7]
+        assert load_status == "" and says in status and status.startswith("**Error:**")
+        if name == "eval_filter":  # the controls go back to the view's values
+            assert again[6].value == "all classes" and again[13:] == ("FP", 0.3, 0.75)
         assert (b.error, b.score, b.iou) == ("FP", 0.3, 0.75)  # nothing moved
         assert again[10 if name == "eval_filter" else 4] == shown[10]  # the same image
     # no evaluation at all (no --gt/--pred, nothing uploaded): the tab says what to do
