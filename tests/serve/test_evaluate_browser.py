@@ -123,6 +123,13 @@ OUTPUT_IDS = ("eval-summary", "eval-classes", "eval-pr", "eval-images", "eval-li
               "eval-class", "eval-view-a", "eval-view-b", "eval-objects", "eval-position")
 
 
+def _settled(page) -> None:
+    """Wait until no output of the tab shows Gradio's "processing" tracker."""
+    page.wait_for_function(
+        "ids => ids.every(id => { const e = document.querySelector('#' + id);"
+        " return !e || !/processing/.test(e.innerText); })", arg=list(OUTPUT_IDS))
+
+
 def _no_error_markers(page) -> None:
     for elem_id in OUTPUT_IDS:
         text = page.locator(f"#{elem_id}").inner_text()
@@ -143,8 +150,9 @@ def test_iou_threshold_and_a_refused_upload(eval_served, evalset, browser, tmp_p
         # the IoU threshold: typed in the slider's box, applied when the box is left
         page.locator("#eval-iou input[type=number]").fill("0.75")
         page.locator("#eval-iou input[type=number]").press("Tab")
-        note = _wait_text_change(page, "eval-list-note", note)
-        assert "at IoU 0.75" in note
+        page.locator("#eval-list-note").get_by_text("at IoU 0.75").wait_for()
+        _settled(page)
+        note = _text(page, "eval-list-note")
         page.locator("#eval-summary").get_by_text("IoU 0.75").first.wait_for()
         want = np.union1d(*[browse.select_images(r.at(0.75), evalset.gt.cat, 0.3, None, "any")
                             for r in evalset.runs])
@@ -169,6 +177,7 @@ def test_iou_threshold_and_a_refused_upload(eval_served, evalset, browser, tmp_p
         page.locator("#eval-load-status").get_by_text("notes.json: malformed JSON").wait_for()
         assert _text(page, "eval-load-status").startswith("Error:")
         page.wait_for_timeout(500)  # the redraw lands
+        _settled(page)
         assert "11 images, all found on disk" in _text(page, "eval-summary")
         assert _text(page, "eval-position") == pos and _text(page, "eval-list-note") == note
         _no_error_markers(page)
