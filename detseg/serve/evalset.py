@@ -173,11 +173,11 @@ def _per_class(es: EvalSet, run: int) -> list[dict]:
 def summary_markdown(es: EvalSet, score: float, iou: float | None = None) -> str:
     """COCO summary, P/R and TP/FP/FN at ``score`` and IoU ``iou`` (default ``es.iou``), TIDE
     counts and dAP with that foreground IoU; one column per run."""
-    iou = es.check_iou(iou)
-    tides = [tide_at(es, k, iou) for k in range(len(es.runs))]
     def row(label: str, cells) -> str:
         return f"| {label} | " + " | ".join(cells) + " |"
 
+    iou = es.check_iou(iou)
+    tides = [tide_at(es, k, iou) for k in range(len(es.runs))]
     stats = [r.ev.stats_dict for r in es.runs]
     prf = [_prf(es, k, score, iou)["overall"] for k in range(len(es.runs))]
     kinds = ("classification", "localisation", "both", "duplicate", "background", "missed")
