@@ -20,7 +20,6 @@ from detseg.errors import InputError
 from detseg.eval import CocoEvaluation, browse, evaluate
 from detseg.eval.analysis import iou_index, per_class_table, prf_at
 from detseg.eval.error_analysis import tide_errors
-from detseg.eval.outlines import draw_outline, segmentation_outlines
 
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -268,6 +267,10 @@ def view_outlines(es: EvalSet, run: int, view: browse.ImageView
     ev = es.runs[run].ev
     if ev.iou_type != "segm":
         return None, None
+    # imported here, as cv2 is: importing cv2 edits LD_LIBRARY_PATH, and importing the web
+    # app must leave the environment alone
+    from detseg.eval.outlines import segmentation_outlines
+
     h, w = (int(v) for v in es.gt.image_hw[view.image_index])
 
     def get(kind: str, segs: list | None, k: int) -> list[np.ndarray]:
@@ -293,6 +296,8 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     dashed, predictions solid, in the box's colour); an empty one draws the box. Labels stay
     placed by the boxes."""
     import cv2
+
+    from detseg.eval.outlines import draw_outline
 
     h, w = image.shape[:2]
     s = min(1.0, max_side / max(h, w))
