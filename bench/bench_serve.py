@@ -23,10 +23,14 @@ given) as a subprocess on 127.0.0.1, then:
    (``detseg serve --gt --pred A --pred B`` until the page answers) against evaluating the
    two files alone in this process, then a filter change and moving between images through
    the REST API (request, both pictures drawn and encoded, both downloaded), against the
-   same work done in this process without the server (the baseline).
+   same work done in this process without the server (the baseline); and a change of the
+   IoU threshold, the first time at a threshold and at one seen before.
+   ``--evaluate-segm``, run alone: one move on a segm evaluation drawing the masks' outlines
+   (first visit, visited before) against drawing the boxes only, in this process.
 
     .venv/bin/python bench/bench_serve.py [--clicks 200] [--clients 8] [--duration 60]
     .venv/bin/python bench/bench_serve.py --evaluate [--eval-images 5000] [--steps 100]
+    .venv/bin/python bench/bench_serve.py --evaluate-segm [--segm-images 300] [--steps 100]
 
     .venv/bin/python bench/bench_serve.py --only-sessions --baseline-root /tmp/base
 """
@@ -295,12 +299,16 @@ def bench_evaluate(args: argparse.Namespace) -> None:
             return time.perf_counter() - t
 
         cats = es.cat_names
-        filters = [("all classes", "any", 0.3)] + [
-            (cats[int(rng.integers(len(cats)))], e, float(s))
+        filters = [("all classes", "any", 0.3, 0.5)] + [
+            (cats[int(rng.integers(len(cats)))], e, float(s), 0.5)
             for e, s in (("FP", 0.3), ("FN", 0.5), ("localisation", 0.1), ("missed", 0.3), ("any", 0.05))]
         timed("eval_filter", *filters[0])  # warm-up
         t_filter = [timed("eval_filter", *f) for f in filters]
-        timed("eval_filter", "all classes", "any", 0.3)
+        # the IoU threshold: the first move to a threshold computes its outcomes and TIDE for
+        # A and B; moving back to one already seen only looks up
+        t_iou_first = [timed("eval_filter", "all classes", "any", 0.3, t) for t in (0.75, 0.9)]
+        t_iou_again = [timed("eval_filter", "all classes", "any", 0.3, t) for t in (0.5, 0.75, 0.9) * 2]
+        timed("eval_filter", "all classes", "any", 0.3, 0.5)
         for _ in range(5):
             timed("eval_next")  # warm-up
         t_next = [timed("eval_next") for _ in range(args.steps)]
@@ -318,11 +326,56 @@ def bench_evaluate(args: argparse.Namespace) -> None:
                        ("previous image, API over HTTP", t_prev),
                        ("show image by id, API over HTTP", t_show),
                        ("filter change (tables, PR, list, image)", t_filter),
+                       ("IoU change, first time at that threshold", t_iou_first),
+                       ("IoU change, threshold seen before", t_iou_again),
                        ("direct: read + 2x view + draw + JPEG (baseline)", direct)):
         print(f"{name:44s} {pct(vals, 50):8.1f} {pct(vals, 95):8.1f} {len(vals):5d}")
     print(f"ratio next-image p50 / direct p50: {pct(t_next, 50) / pct(direct, 50):.2f}x")
     print(f"target: moving between images well under a second (p95 <= 500 ms): "
           f"{'met' if pct(t_next, 95) <= 500 and pct(t_prev, 95) <= 500 else 'NOT met'}")
+
+
+def bench_evaluate_segm(args: argparse.Namespace) -> None:
+    """In process: one move of the Evaluate tab on a segm evaluation (masks drawn as outlines)
+    against the same move drawing boxes only (baseline), on 640x480 images."""
+    import cv2
+
+    from detseg.eval import browse
+    from detseg.serve import evalset as es_mod
+    from tests.eval.synthetic import make_problem
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-segm-"))
+    gt, res = make_problem(seed=4, n_images=args.segm_images, n_cats=10, gt_per_image=8,
+                           dets_per_image=40, segm=True, image_size=(480, 640))
+    (tmp / "gt.json").write_text(json.dumps(gt))
+    (tmp / "res.json").write_text(json.dumps(res))
+    t0 = time.perf_counter()
+    es = es_mod.load_evalset(tmp / "gt.json", [tmp / "res.json"], "segm")
+    load_s = time.perf_counter() - t0
+    r = es.runs[0]
+    order = browse.select_images(r.outcomes, es.gt.cat, 0.3)[: args.steps].tolist()
+    image = np.full((480, 640, 3), 90, np.uint8)
+
+    def move(j: int, outlines: bool) -> float:
+        t = time.perf_counter()
+        v = browse.image_view(r.ev, r.outcomes, j, 0.3)
+        g, d = es_mod.view_outlines(es, 0, v) if outlines else (None, None)
+        cv2.imencode(".jpg", es_mod.draw_view(image, v, es.cat_names, gt_outlines=g, det_outlines=d))
+        return time.perf_counter() - t
+
+    boxes = [move(j, False) for j in order]
+    first = [move(j, True) for j in order]  # masks traced (RLE decoded) on the first visit
+    again = [move(j, True) for j in order]  # kept on the evaluation set
+    shown = np.mean([len(browse.image_view(r.ev, r.outcomes, j, 0.3).det_box) for j in order])
+    print(f"segm: {len(gt['images'])} images, {len(res)} RLE results, ~{shown:.0f} shown per "
+          f"image at score >= 0.3; load {load_s:.1f} s")
+    print(f"{'Evaluate tab, segm, in process (one run)':44s} {'p50 ms':>8s} {'p95 ms':>8s} {'n':>5s}")
+    for name, vals in (("view + draw boxes only + JPEG (baseline)", boxes),
+                       ("view + outlines, first visit (RLE traced)", first),
+                       ("view + outlines, visited before", again)):
+        print(f"{name:44s} {pct(vals, 50):8.1f} {pct(vals, 95):8.1f} {len(vals):5d}")
+    print(f"ratio outlines first visit / boxes p50: {pct(first, 50) / pct(boxes, 50):.2f}x; "
+          f"visited before: {pct(again, 50) / pct(boxes, 50):.2f}x")
 
 
 def wait_http(proc: subprocess.Popen, url: str, limit_s: float = 600) -> None:
@@ -449,9 +502,15 @@ def main() -> None:
     ap.add_argument("--evaluate", action="store_true", help="run only section 3, the Evaluate tab")
     ap.add_argument("--eval-images", type=int, default=5000)
     ap.add_argument("--steps", type=int, default=100, help="images browsed in section 3")
+    ap.add_argument("--evaluate-segm", action="store_true",
+                    help="run only the Evaluate tab's segm drawing (outlines vs boxes, in process)")
+    ap.add_argument("--segm-images", type=int, default=300)
     args = ap.parse_args()
     if args.evaluate:
         bench_evaluate(args)
+        return
+    if args.evaluate_segm:
+        bench_evaluate_segm(args)
         return
 
     from gradio_client import Client, handle_file

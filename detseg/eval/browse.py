@@ -154,7 +154,10 @@ def _gt_state(o: Outcomes, score: float) -> np.ndarray:
     return np.where(~o.gt_counted, IGNORED, np.where(found, TP, FN)).astype(np.int8)
 
 
-def _check_score(score: float) -> float:
+def check_score(score: float) -> float:
+    """``score`` as a float in [0, 1], or a clear `InputError`."""
+    if not isinstance(score, (int, float, np.number)):
+        raise InputError(f"score threshold: expected a number in [0, 1], found {score!r}")
     if not 0 <= score <= 1:
         raise InputError(f"score threshold: expected a value in [0, 1], found {score}")
     return float(score)
@@ -168,7 +171,7 @@ def image_counts(o: Outcomes, gt_cat: np.ndarray, score: float = 0.0,
         gt_cat: (N,) category index of each ground truth (``ev.gt.cat``).
         cat: category index (into ``ev.gt.cat_ids``), or None for all.
     """
-    score = _check_score(score)
+    score = check_score(score)
     n_img = o.det_start.shape[0] - 1
     keep = o.det_score >= score
     g_keep = np.ones(gt_cat.shape[0], bool)
@@ -235,6 +238,8 @@ class ImageView:
         det_box: (d, 4); det_cat, det_score, det_iou: (d,); det_state: (d,) TP, FP or
             IGNORED; det_error: (d,) index into `FP_TYPES` or -1. Sorted by score descending.
         counts: (TP, FP, FN) of what is shown.
+        gt_index: (g,) int64 indices into the `GroundTruth` arrays (``ev.gt.segmentation[k]``
+            is the mask); det_index: (d,) int64 indices into the `Results` arrays.
     """
 
     image_index: int
@@ -249,6 +254,8 @@ class ImageView:
     det_iou: np.ndarray
     det_state: np.ndarray
     det_error: np.ndarray
+    gt_index: np.ndarray
+    det_index: np.ndarray
 
     @property
     def counts(self) -> tuple[int, int, int]:
@@ -275,7 +282,7 @@ class ImageView:
 def image_view(ev: CocoEvaluation, o: Outcomes, image_index: int, score: float = 0.0,
                cat: int | None = None) -> ImageView:
     """The ground truths and kept detections of one image (of category ``cat`` if given)."""
-    score = _check_score(score)
+    score = check_score(score)
     n_img = ev.gt.image_ids.shape[0]
     if not 0 <= image_index < n_img:
         raise InputError(f"image index: expected 0..{n_img - 1}, found {image_index}")
@@ -292,6 +299,7 @@ def image_view(ev: CocoEvaluation, o: Outcomes, image_index: int, score: float =
         int(image_index), int(ev.gt.image_ids[image_index]), xywh_to_xyxy(ev.gt.bbox[g]),
         ev.gt.cat[g], g_state, o.gt_missed[g], xywh_to_xyxy(ev.results.bbox[o.det[d]]),
         o.det_cat[d], o.det_score[d], o.det_iou[d], o.det_state[d], o.det_error[d],
+        np.asarray(g, np.int64), np.asarray(o.det[d], np.int64),
     )
 
 

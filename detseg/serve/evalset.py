@@ -18,7 +18,7 @@ import numpy as np
 from detseg.data.coco import read_json, resolve_image_path
 from detseg.errors import InputError
 from detseg.eval import CocoEvaluation, browse, evaluate
-from detseg.eval.analysis import per_class_table, prf_at
+from detseg.eval.analysis import iou_index, per_class_table, prf_at
 from detseg.eval.error_analysis import tide_errors
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ IGNORED_RGB = (160, 160, 160)  # crowd regions and what matched them
 SHORT_ERROR = {"classification": "cls", "localisation": "loc", "both": "both",
                "duplicate": "dup", "background": "bkg", "other": "other"}
 LEGEND = ("ground truth: green = found, orange dashed = missed (FN); predictions: blue = TP, "
-          "red = FP (with its error type: cls, loc, both, dup, bkg); grey = crowd / ignored")
+          "red = FP (with its error type: cls, loc, both, dup, bkg); grey = crowd / ignored. "
+          "segm: the masks' outlines instead of the boxes, ground truth dashed, predictions solid")
+MAX_OUTLINES = 5000  # traced mask outlines kept per evaluation set (RLE decoding is the cost)
 
 
 @dataclass
@@ -45,6 +47,10 @@ class Run:
     outcomes: browse.Outcomes
     tide: dict
 
+    def at(self, iou: float) -> browse.Outcomes:
+        """Per-image outcomes at IoU ``iou`` (computed once per threshold, cached on ``ev``)."""
+        return browse.outcomes(self.ev, iou)
+
 
 @dataclass
 class EvalSet:
@@ -52,7 +58,8 @@ class EvalSet:
 
     Attributes:
         image_paths: one path per image, in ``ev.gt.image_ids`` order (None: not found).
-        iou: IoU threshold of the per-image outcomes (TIDE's foreground IoU too).
+        iou: the default IoU threshold of the per-image outcomes (TIDE's foreground IoU
+            too); every view below takes another of the evaluation's thresholds.
     """
 
     gt_path: str
@@ -72,6 +79,23 @@ class EvalSet:
     @property
     def n_found(self) -> int:
         return sum(p is not None for p in self.image_paths)
+
+    @property
+    def iou_thresholds(self) -> list[float]:
+        """The evaluated IoU thresholds (COCO's 0.50, 0.55, ..., 0.95), rounded for display."""
+        return [round(float(t), 4) for t in self.runs[0].ev.params.iou_thrs]
+
+    def check_iou(self, iou: float | None) -> float:
+        """``iou`` as one of `iou_thresholds` (None: the default), or a clear `InputError`."""
+        if iou is None:
+            return self.iou
+        try:
+            iou_index(self.runs[0].ev, float(iou))
+        except (TypeError, ValueError):
+            raise InputError(f"IoU threshold: expected one of {self.iou_thresholds}, found {iou!r}") from None
+        except InputError:
+            raise InputError(f"IoU threshold: expected one of {self.iou_thresholds}, found {iou}") from None
+        return float(round(float(iou), 4))
 
 
 def _run_names(paths: list[str]) -> list[str]:
@@ -130,23 +154,33 @@ def _memo(es: EvalSet, key: tuple, make, keep: int = 32):
     return value
 
 
-def _prf(es: EvalSet, run: int, score: float) -> dict:
-    return _memo(es, ("prf", run, float(score)), lambda: prf_at(es.runs[run].ev, es.iou, score))
+def _prf(es: EvalSet, run: int, score: float, iou: float) -> dict:
+    return _memo(es, ("prf", run, float(score), iou), lambda: prf_at(es.runs[run].ev, iou, score))
+
+
+def tide_at(es: EvalSet, run: int, iou: float) -> dict:
+    """TIDE's counts and dAP of run ``run`` with foreground IoU ``iou`` (cached on ``es``)."""
+    if iou == es.iou:
+        return es.runs[run].tide
+    return _memo(es, ("tide", run, iou), lambda: tide_errors(es.runs[run].ev, t_f=iou))
 
 
 def _per_class(es: EvalSet, run: int) -> list[dict]:
     return _memo(es, ("per_class", run), lambda: per_class_table(es.runs[run].ev))
 
 
-def summary_markdown(es: EvalSet, score: float) -> str:
-    """COCO summary, P/R and TP/FP/FN at ``score``, TIDE counts and dAP; one column per run."""
+def summary_markdown(es: EvalSet, score: float, iou: float | None = None) -> str:
+    """COCO summary, P/R and TP/FP/FN at ``score`` and IoU ``iou`` (default ``es.iou``), TIDE
+    counts and dAP with that foreground IoU; one column per run."""
     def row(label: str, cells) -> str:
         return f"| {label} | " + " | ".join(cells) + " |"
 
+    iou = es.check_iou(iou)
+    tides = [tide_at(es, k, iou) for k in range(len(es.runs))]
     stats = [r.ev.stats_dict for r in es.runs]
-    prf = [_prf(es, k, score)["overall"] for k in range(len(es.runs))]
+    prf = [_prf(es, k, score, iou)["overall"] for k in range(len(es.runs))]
     kinds = ("classification", "localisation", "both", "duplicate", "background", "missed")
-    at = f"@ score ≥ {score:.2f}, IoU {es.iou:.2f}"
+    at = f"@ score ≥ {score:.2f}, IoU {iou:.2f}"
     lines = [row("", [r.name for r in es.runs]), "|---" * (len(es.runs) + 1) + "|"]
     lines += [row(key, [_num(st[key]) for st in stats]) for key in ("AP", "AP50", "AP75")]
     lines += [row("APs / APm / APl", [" / ".join(_num(st[k]) for k in ("APs", "APm", "APl"))
@@ -154,10 +188,10 @@ def summary_markdown(es: EvalSet, score: float) -> str:
               row("AR100", [_num(st["AR100"]) for st in stats]),
               row(f"precision / recall {at}", [f"{_num(p['precision'])} / {_num(p['recall'])}" for p in prf]),
               row(f"TP / FP / FN {at}", [f"{p['tp']} / {p['fp']} / {p['fn']}" for p in prf]),
-              row("TIDE count: cls / loc / both / dup / bkg / missed",
-                  [" / ".join(str(r.tide["counts"][k]) for k in kinds) for r in es.runs]),
-              row("TIDE dAP: cls / loc / both / dup / bkg / missed",
-                  [" / ".join(f"{r.tide['dAP'][k]:.3f}" for k in kinds) for r in es.runs])]
+              row(f"TIDE count @ IoU {iou:.2f}: cls / loc / both / dup / bkg / missed",
+                  [" / ".join(str(t["counts"][k]) for k in kinds) for t in tides]),
+              row(f"TIDE dAP @ IoU {iou:.2f}: cls / loc / both / dup / bkg / missed",
+                  [" / ".join(f"{t['dAP'][k]:.3f}" for k in kinds) for t in tides])]
     n = len(es.image_paths)
     canvas = ("tables and curves are complete; the image browser draws the boxes on a blank canvas "
               "(give --images DIR when starting detseg serve; files uploaded in the page come "
@@ -169,16 +203,17 @@ def summary_markdown(es: EvalSet, score: float) -> str:
             "objects. " + note + "\n\n" + "\n".join(lines))
 
 
-def class_table(es: EvalSet, score: float) -> tuple[list[str], list[list]]:
+def class_table(es: EvalSet, score: float, iou: float | None = None) -> tuple[list[str], list[list]]:
     """Per-class table, most ground truth first: #GT, then AP, AP50 and P/R/TP/FP/FN at
-    ``score`` for each run."""
+    ``score`` and IoU ``iou`` (default ``es.iou``) for each run."""
+    iou = es.check_iou(iou)
     head = ["class", "n_gt"]
     cols = []
     for k, r in enumerate(es.runs):
         suffix = f" {r.name}" if len(es.runs) > 1 else ""
         head += [f"{k}{suffix}" for k in ("AP", "AP50", "P", "R", "TP", "FP", "FN")]
         pc = _per_class(es, k)
-        pr = _prf(es, k, score)["per_class"]
+        pr = _prf(es, k, score, iou)["per_class"]
         cols.append([[_round(a["AP"]), _round(a["AP50"]), _round(b["precision"]),
                       _round(b["recall"]), b["tp"], b["fp"], b["fn"]] for a, b in zip(pc, pr, strict=True)])
     n_gt = [row["n_gt"] for row in _per_class(es, 0)]
@@ -223,12 +258,46 @@ def _dashed_rect(img: np.ndarray, p1, p2, color, thick: int, dash: int) -> None:
             cv2.line(img, q1, q2, color, thick)
 
 
+def view_outlines(es: EvalSet, run: int, view: browse.ImageView
+                  ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]] | tuple[None, None]:
+    """The mask outlines of what ``view`` (of run ``run``) shows, for `draw_view`: per ground
+    truth and per detection a list of (K, 2) float64 x, y polylines in image pixels (empty
+    where the record has no mask). (None, None) for a bbox evaluation. Each outline is traced
+    once and kept on ``es`` (the last `MAX_OUTLINES`)."""
+    ev = es.runs[run].ev
+    if ev.iou_type != "segm":
+        return None, None
+    # imported here, as cv2 is: importing cv2 edits LD_LIBRARY_PATH, and importing the web
+    # app must leave the environment alone
+    from detseg.eval.outlines import segmentation_outlines
+
+    h, w = (int(v) for v in es.gt.image_hw[view.image_index])
+
+    def get(kind: str, segs: list | None, k: int) -> list[np.ndarray]:
+        if segs is None:
+            return []
+        key = ("outline", kind, k) if kind == "g" else ("outline", kind, run, k)
+        return _memo(es, key, lambda: segmentation_outlines(segs[k], h, w), keep=MAX_OUTLINES)
+
+    return ([get("g", es.gt.segmentation, k) for k in view.gt_index.tolist()],
+            [get("r", ev.results.segmentation, k) for k in view.det_index.tolist()])
+
+
 def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
-              max_side: int = 960, found: bool = True) -> np.ndarray:
+              max_side: int = 960, found: bool = True,
+              gt_outlines: list[list[np.ndarray]] | None = None,
+              det_outlines: list[list[np.ndarray]] | None = None) -> np.ndarray:
     """Draw ``view`` on (a downscaled copy of) ``image``: ground truth and predictions in the
     styles of `LEGEND`. Labels (class, score, IoU, error type; highest scores first, then the
-    missed ground truths) go where they hide no earlier label, or are left out."""
+    missed ground truths) go where they hide no earlier label, or are left out.
+
+    ``gt_outlines`` / ``det_outlines`` (`view_outlines`): per ground truth / detection, its
+    mask's outline ((K, 2) x, y in ``image``'s pixels), drawn instead of the box (ground truth
+    dashed, predictions solid, in the box's colour); an empty one draws the box. Labels stay
+    placed by the boxes."""
     import cv2
+
+    from detseg.eval.outlines import draw_outline
 
     h, w = image.shape[:2]
     s = min(1.0, max_side / max(h, w))
@@ -259,18 +328,30 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     def px(b: np.ndarray) -> tuple[int, int, int, int]:
         return tuple(round(float(v) * s) for v in b)
 
+    def outline(polys: list[np.ndarray] | None) -> list[np.ndarray]:
+        return [np.asarray(p, np.float64).reshape(-1, 2) * s for p in polys or ()]
+
     # every box first, then the labels on top (highest scores first, missed ground truth last)
-    for b, st in zip(view.gt_box, view.gt_state, strict=True):
+    for k, (b, st) in enumerate(zip(view.gt_box, view.gt_state, strict=True)):
         x1, y1, x2, y2 = px(b)
-        if st == browse.FN:
+        poly = outline(gt_outlines[k]) if gt_outlines is not None else []
+        if poly:
+            color = (GT_RGB, FN_RGB, IGNORED_RGB)[int(st)]
+            draw_outline(out, poly, color, th + 1, dashed=True, dash=max(6, 5 * th))
+        elif st == browse.FN:
             _dashed_rect(out, (x1, y1), (x2, y2), FN_RGB, th + 1, max(4, 4 * th))
         else:
             cv2.rectangle(out, (x1, y1), (x2, y2), GT_RGB if st == browse.TP else IGNORED_RGB, th + 1)
-    for b, c, st, e, sc, i in zip(view.det_box, view.det_cat, view.det_state, view.det_error,
-                                  view.det_score, view.det_iou, strict=True):
+    for k, (b, c, st, e, sc, i) in enumerate(zip(view.det_box, view.det_cat, view.det_state,
+                                                 view.det_error, view.det_score, view.det_iou,
+                                                 strict=True)):
         color = (TP_RGB, FP_RGB, IGNORED_RGB)[int(st)]
         x1, y1, x2, y2 = px(b)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, th)
+        poly = outline(det_outlines[k]) if det_outlines is not None else []
+        if poly:
+            draw_outline(out, poly, color, th)
+        else:
+            cv2.rectangle(out, (x1, y1), (x2, y2), color, th)
         tag = f" {SHORT_ERROR[browse.FP_TYPES[int(e)]]}" if e >= 0 else ""
         iou = f" IoU {i:.2f}" if i > 0 else ""
         labels.append((f"{cat_names[int(c)]} {sc:.2f}{iou}{tag}", (x1, y1, x2, y2), color))
@@ -286,13 +367,15 @@ def draw_view(image: np.ndarray, view: browse.ImageView, cat_names: list[str],
     return out
 
 
-def pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
+def pr_figure(es: EvalSet, cat: int | None, iou: float | None = None) -> np.ndarray:
     """The PR curve of category index ``cat`` (or the class mean), each run a colour; solid:
-    mean over IoU .50:.95 (its mean is AP), dashed: IoU 0.50. (H, W, 3) uint8 RGB."""
-    return _memo(es, ("pr", cat), lambda: _pr_figure(es, cat))
+    mean over IoU .50:.95 (its mean is AP), dashed: at IoU ``iou`` (default ``es.iou``).
+    (H, W, 3) uint8 RGB."""
+    iou = es.check_iou(iou)
+    return _memo(es, ("pr", cat, iou), lambda: _pr_figure(es, cat, iou))
 
 
-def _pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
+def _pr_figure(es: EvalSet, cat: int | None, iou: float) -> np.ndarray:
     # matplotlib's object API, not pyplot: pyplot's global state is not safe across the
     # server's threads
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -304,10 +387,11 @@ def _pr_figure(es: EvalSet, cat: int | None) -> np.ndarray:
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
     for r, color in zip(es.runs, ("tab:blue", "tab:red"), strict=False):
         rec, p = browse.class_pr(r.ev, cat)
-        _, p50 = browse.class_pr(r.ev, cat, 0.5) if np.isclose(r.ev.params.iou_thrs, 0.5).any() else (rec, p)
+        _, p_t = browse.class_pr(r.ev, cat, iou)
         if np.isfinite(p).all():
             ax.plot(rec, p, "-", color=color, label=f"{r.name} AP {p.mean():.3f}")
-            ax.plot(rec, p50, "--", color=color, lw=1, label=f"{r.name} AP50 {p50.mean():.3f}")
+            ax.plot(rec, p_t, "--", color=color, lw=1,
+                    label=f"{r.name} AP{round(100 * iou)} {p_t.mean():.3f}")
     name = es.cat_names[cat] if cat is not None else "all classes (mean)"
     if not ax.lines:
         ax.text(0.5, 0.5, "no ground truth of this class", ha="center", va="center")

@@ -150,3 +150,46 @@ def test_class_pr_is_the_precision_array(problem):
     assert np.mean(mean_all) == pytest.approx(ev.stats[0], abs=1e-12)  # AP is its mean
     _, absent = browse.class_pr(ev, len(ev.gt.cat_ids) - 1)  # no ground truth
     assert np.isnan(absent).all()
+
+
+def reference_matches(gt: dict, res: list, iou: float, iou_type: str = "bbox"
+                      ) -> tuple[dict[int, int], dict[int, int]]:
+    """pycocotools' evalImgs at IoU ``iou`` (area "all", maxDets 100), per object:
+    {result index: matched annotation id (0: FP, -1: ignored)} and {annotation id: matched
+    result index (-1: none)} for the non-ignored ground truths."""
+    ref = pycoco_eval(gt, res, iou_type)
+    t = int(np.flatnonzero(np.isclose(ref.params.iouThrs, iou))[0])
+    dets: dict[int, int] = {}
+    gts: dict[int, int] = {}
+    for e in ref.evalImgs:
+        if e is None or e["aRng"] != ref.params.areaRng[0] or e["maxDet"] != 100:
+            continue
+        for d_id, m, ign in zip(e["dtIds"], e["dtMatches"][t], e["dtIgnore"][t], strict=True):
+            dets[int(d_id) - 1] = -1 if ign else int(m)  # loadRes numbers results from 1
+        for g_id, m, ign in zip(e["gtIds"], e["gtMatches"][t], e["gtIgnore"], strict=True):
+            if not ign:
+                gts[int(g_id)] = int(m) - 1 if m > 0 else -1
+    return dets, gts
+
+
+@pytest.mark.parametrize("iou", [0.75, 0.95])
+def test_outcomes_at_a_stricter_iou_are_pycocotools_matches(problem, iou):
+    """Every detection's state and match, and every ground truth's match, at 0.75 and 0.95
+    (the Evaluate tab's IoU control) are pycocotools' evalImgs at that threshold."""
+    gt, res, ev = problem
+    o = browse.outcomes(ev, iou)
+    assert o.iou == iou and o is browse.outcomes(ev, iou)  # cached on the evaluation
+    ids = ev.gt.ids
+    got_d = {int(d): (-1 if s == browse.IGNORED else int(ids[g]) if s == browse.TP else 0)
+             for d, s, g in zip(o.det, o.det_state, o.det_gt, strict=True)}
+    got_g = {int(ids[k]): int(o.det[o.gt_det[k]]) if o.gt_det[k] >= 0 else -1
+             for k in np.flatnonzero(o.gt_counted)}
+    want_d, want_g = reference_matches(gt, res, iou)
+    assert got_d == want_d and got_g == want_g
+    n_tp = sum(v > 0 for v in got_d.values())
+    assert 0 < n_tp < sum(v > 0 for v in reference_matches(gt, res, 0.5)[0].values())  # stricter
+    # error types and TIDE's missed follow the threshold (TIDE's foreground IoU)
+    tide = tide_errors(ev, t_f=iou)["counts"]
+    got = {name: int((o.det_error == i).sum()) for i, name in enumerate(browse.FP_TYPES)}
+    got["missed"] = int(o.gt_missed.sum())
+    assert got == tide and got["localisation"] > browse.outcomes(ev, 0.5).det_error.tolist().count(1)
