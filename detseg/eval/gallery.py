@@ -32,7 +32,7 @@ from detseg.eval.analysis import _area_all
 from detseg.eval.drawing import class_color, draw_gt_vs_pred, encode_jpeg
 from detseg.eval.error_analysis import ERROR_TYPES, FP_TYPES, DetectionErrors, detection_errors
 from detseg.eval.metrics import CocoEvaluation
-from detseg.eval.outlines import segmentation_outlines
+from detseg.eval.outlines import counts_many, segmentation_outlines
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ def dataset_image_loader(gt_json: str | Path, image_ids: np.ndarray,
 
 class _LazyOutlines(Sequence):
     """``segmentation_outlines`` of ``segs[idx[k]]`` for item k, traced on first access and
-    kept in ``memo`` (shared by the thumbnails of one image)."""
+    kept in ``memo`` (shared by the thumbnails of one image). The compressed RLE strings of
+    all ``idx`` are decoded together on the first access (`outlines.counts_many`)."""
 
     def __init__(self, segs: list | None, idx: np.ndarray, h: int, w: int, memo: dict, kind: str):
         self.segs, self.idx, self.h, self.w, self.memo, self.kind = segs, idx.tolist(), h, w, memo, kind
@@ -182,12 +183,24 @@ class _LazyOutlines(Sequence):
     def __len__(self) -> int:
         return len(self.idx)
 
+    def _decode_strings(self) -> None:
+        todo = [j for j in self.idx if (self.kind, j) not in self.memo and isinstance(self.segs[j], dict)
+                and isinstance(self.segs[j].get("counts"), (str, bytes))]
+        for j, counts in zip(todo, counts_many([self.segs[j]["counts"] for j in todo]), strict=True):
+            self.memo["counts", self.kind, j] = counts
+
     def __getitem__(self, k):  # type: ignore[override]
         j = self.idx[k]
         key = (self.kind, j)
         if key not in self.memo:
             seg = self.segs[j] if self.segs is not None else None
-            self.memo[key] = segmentation_outlines(seg, self.h, self.w)
+            if self.segs is not None and ("decoded", self.kind) not in self.memo:
+                self.memo["decoded", self.kind] = True
+                self._decode_strings()
+            counts = self.memo.get(("counts", self.kind, j))
+            if counts is not None:
+                seg = {"size": seg.get("size"), "counts": counts}
+            self.memo[key] = segmentation_outlines(seg, self.h, self.w, tolerance=1.0)
         return self.memo[key]
 
 

@@ -121,3 +121,39 @@ def test_an_empty_or_broken_rle_has_no_outline() -> None:
     empty = mask_utils.encode(np.zeros((5, 7), np.uint8, order="F"))
     assert segmentation_outlines(empty, 5, 7) == []
     assert segmentation_outlines({"size": [5, 7], "counts": "0{"}, 5, 7) == []
+
+
+def test_simplified_outlines_keep_exact_points_within_the_tolerance() -> None:
+    from detseg.eval.outlines import mask_outlines
+
+    yy, xx = np.mgrid[:120, :160]
+    m = (((xx - 80) / 60.0) ** 2 + ((yy - 60) / 35.0) ** 2 <= 1).astype(np.uint8)  # staircase edges
+    exact, simple = mask_outlines(m), mask_outlines(m, tolerance=1.0)
+    assert len(exact) == len(simple) == 1
+    e, s = exact[0], simple[0]
+    assert len(s) < len(e) / 2
+    assert {tuple(p) for p in s} <= {tuple(p) for p in e}
+    # every exact point lies within the tolerance of the simplified closed polyline
+    a, b = s, np.roll(s, -1, axis=0)
+    ab = b - a
+    t = np.clip(((e[:, None] - a) * ab).sum(-1) / np.maximum((ab ** 2).sum(-1), 1e-9), 0, 1)
+    dist = np.linalg.norm(e[:, None] - (a + t[..., None] * ab), axis=-1).min(1)
+    assert dist.max() <= 1.0 + 1e-9
+
+
+def test_many_counts_decode_as_one_by_one() -> None:
+    from detseg.eval.outlines import _counts, counts_many
+
+    strings = []
+    for seed in range(40):
+        m = _random_mask(seed, specks=seed % 2 == 0)
+        strings.append(mask_utils.encode(np.asfortranarray(m))["counts"])
+    strings.append(mask_utils.encode(np.zeros((3, 4), np.uint8, order="F"))["counts"])  # one run
+    strings.append(mask_utils.encode(np.ones((300, 300), np.uint8, order="F"))["counts"])  # long counts
+    mixed = [s.decode() if i % 3 else s for i, s in enumerate(strings)]
+    for batch in (mixed, mixed[:1], mixed + ["0{"], mixed + [[0, 5, 7]]):
+        got = counts_many(batch)
+        want = [_counts(s) for s in batch]
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None and w is None) or np.array_equal(g, w)
