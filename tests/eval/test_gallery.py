@@ -259,9 +259,9 @@ def test_segm_gallery_draws_masks(tmp_path):
 
     real = gallery_mod.segmentation_outlines
 
-    def spy(seg, h, w):
+    def spy(seg, h, w, **kw):
         calls.append((h, w))
-        return real(seg, h, w)
+        return real(seg, h, w, **kw)
 
     ev_s = evaluate(tmp_path / "instances.json", res, "segm")
     ev_b = evaluate(tmp_path / "instances.json", res, "bbox")
