@@ -20,6 +20,7 @@ matching; it is not the ``tidecv`` package and its numbers can differ slightly f
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,11 @@ import numpy as np
 from detseg.eval.analysis import _area_all, cat_score_order, iou_index
 from detseg.eval.loader import to_rles
 from detseg.eval.metrics import CocoEvaluation
+
+# One at a time: the report's tables and its gallery (another thread) ask for the same cached
+# pairs and classification; the second asker waits for the first's result instead of
+# computing it again.
+_COMPUTING = threading.RLock()
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 
@@ -43,10 +49,11 @@ def image_pairs(ev: CocoEvaluation, det: np.ndarray, min_iou: float
     Returns (P,) positions into ``det``, (P,) ground-truth indices, (P,) IoU.
     """
     floor = min(min_iou, 0.1)
-    cached = ev.cache.get("image_pairs")
-    if cached is None or cached[0] > floor:
-        cached = (floor, *_all_pairs(ev, floor))
-        ev.cache["image_pairs"] = cached
+    with _COMPUTING:
+        cached = ev.cache.get("image_pairs")
+        if cached is None or cached[0] > floor:
+            cached = (floor, *_all_pairs(ev, floor))
+            ev.cache["image_pairs"] = cached
     _, pd_all, pg_all, pi_all = cached
     where = np.full(len(ev.results), -1, np.int64)
     where[det] = np.arange(det.shape[0])
@@ -251,8 +258,9 @@ def _classify(ev: CocoEvaluation, t_f: float, t_b: float) -> dict:
     """TIDE's error type of every false positive and the missed ground truths (shared by
     `tide_errors` and `detection_errors`, computed once per evaluation; read-only)."""
     key = ("tide_classify", float(t_f), float(t_b))
-    if key not in ev.cache:
-        ev.cache[key] = _classify_uncached(ev, t_f, t_b)
+    with _COMPUTING:
+        if key not in ev.cache:
+            ev.cache[key] = _classify_uncached(ev, t_f, t_b)
     return ev.cache[key]
 
 

@@ -341,8 +341,10 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
         h, w = image.shape[:2]
         thumbs: dict[int, bytes] = {}
         memo: dict = {}
+        base = index.view(i, score)  # what most thumbnails of the image show
+        shown = set(base[3].tolist())
         for k, e in enumerate(by_img.get(i, [])):
-            gt, pred, gi, ri = index.view(i, score, e.det)
+            gt, pred, gi, ri = base if e.det < 0 or e.det in shown else index.view(i, score, e.det)
             focus_p = np.flatnonzero(ri == e.det).tolist() if e.det >= 0 else []
             focus_g = np.flatnonzero(gi == e.gt).tolist() if e.gt >= 0 else []
             boxes = np.concatenate([pred.boxes[focus_p], gt.boxes[focus_g]]).reshape(-1, 4)
@@ -353,7 +355,7 @@ def build_gallery(ev: CocoEvaluation, load_image: ImageLoader | None, *,
             thumbs[k] = encode_jpeg(drawn, quality)
         view = None
         if i in view_imgs:
-            gt, pred, gi, ri = index.view(i, score)
+            gt, pred, gi, ri = base
             view = encode_jpeg(draw_gt_vs_pred(image, gt, pred, names, pred_iou=pred_ious(ri, gt, pred),
                                                max_side=view_side, **outlines(i, h, w, gi, ri, memo)),
                                quality)

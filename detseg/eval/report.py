@@ -202,17 +202,18 @@ def make_report(ev: CocoEvaluation, out_dir: str | Path, iou: float = 0.5, score
     with ThreadPoolExecutor(1) as background:
         # the gallery reads, draws and encodes images in OpenCV, mostly without the GIL:
         # started first, it runs beside the report's tables and plots (which hold the GIL).
-        # Both need the TIDE classification: made first, here, once (cached on ``ev``).
+        # It first classifies the errors (TIDE, cached on ``ev``); the PR curves need no
+        # classification and are drawn meanwhile; `build_report` then waits for it if it is
+        # not done (error_analysis computes each cached result once).
         pending = None
         if gallery:
             from detseg.eval.gallery import gallery_for, gallery_html, gallery_json
 
-            error_analysis.detection_errors(ev, t_f=iou)
             pending = background.submit(gallery_for, ev, images_dir, per_class=int(gallery),
                                         score=score, iou=iou, load_image=load_image)
+        pngs = {"Precision-recall curves": plots.pr_curves(ev, out / "pr_curves.png")}
         report = report or build_report(ev, iou, score)
-        pngs = {"Precision-recall curves": plots.pr_curves(ev, out / "pr_curves.png"),
-                "F1 vs confidence": plots.f1_confidence(report["_curves"], out / "f1_confidence.png")}
+        pngs["F1 vs confidence"] = plots.f1_confidence(report["_curves"], out / "f1_confidence.png")
         if "confusion" in report:
             c = report["confusion"]
             pngs["Confusion matrix"] = plots.confusion(np.asarray(c["matrix"]), list(ev.gt.cat_names),
