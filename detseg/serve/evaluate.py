@@ -21,6 +21,7 @@ clients get it as the exception's message.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -90,6 +91,14 @@ class Store:
         return es
 
 
+def _upload_names(message: str) -> str:
+    """``message`` with Gradio's upload folders cut from file paths: an uploaded file is named
+    as the user chose it (``notes.json``), not ``/tmp/gradio/<hash>/notes.json``."""
+    from gradio.utils import get_upload_folder
+
+    return re.sub(re.escape(str(get_upload_folder()).rstrip("/")) + r"/[^/\s]+/", "", message)
+
+
 def _errors_to_page(area: str) -> Callable[[Callable], Callable]:
     """Turn detseg's errors into a message in the page, never a crash.
 
@@ -106,8 +115,8 @@ def _errors_to_page(area: str) -> Callable[[Callable], Callable]:
             try:
                 return fn(b, *args, **kwargs)
             except DetsegError as exc:
-                b.message, b.area = str(exc), area
-                raise gr.Error(str(exc), print_exception=False) from None
+                b.message, b.area = _upload_names(str(exc)), area
+                raise gr.Error(b.message, print_exception=False) from None
 
         return wrapper
 

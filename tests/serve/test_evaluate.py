@@ -428,3 +428,31 @@ def test_segm_outlines_are_drawn_inside_the_boxes(segm_set):
     # a bbox evaluation draws no outline
     bbox = es_mod.load_evalset(es.gt_path, [es.runs[0].path], "bbox")
     assert es_mod.view_outlines(bbox, 0, v) == (None, None)
+
+
+def test_an_uploaded_file_is_named_as_the_user_named_it(small):
+    # Gradio keeps an upload at <upload folder>/<hash>/<name>: the message names <name>
+    import shutil
+
+    import gradio as gr
+    from gradio.utils import get_upload_folder
+
+    from detseg.serve.evaluate import Browse
+
+    folder = Path(get_upload_folder()) / "0123abcd-detseg-test"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        up = folder / "notes.json"
+        shutil.copy(small["notes"], up)
+        es = es_mod.load_evalset(small["gt"], [small["res"]])
+        load, load_failed = _tab(es)["eval_load"]
+        b = Browse(key="cli")
+        with pytest.raises(gr.Error) as err:
+            load(b, str(up), str(small["res"]), None, "bbox", "any", 0.3, 0.5)
+        assert err.value.message.startswith("notes.json: malformed JSON")
+        assert str(folder) not in load_failed(b)[11]
+        # a file the user named by its path (--gt/--pred, or a local client) keeps its path
+        with pytest.raises(gr.Error, match=re.escape(str(small["notes"]))):
+            load(b, str(small["notes"]), str(small["res"]), None, "bbox", "any", 0.3, 0.5)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
