@@ -253,7 +253,7 @@ def load_ground_truth(gt: str | Path | Mapping, iou_type: str = "bbox") -> Groun
     if iou_type == "segm":
         absent = [i for i, s in enumerate(segs) if s is None]
         if absent:
-            raise InputError(f"{where}[{absent[0]}]: missing field 'segmentation' (needed for --iou-type segm)")
+            raise InputError(f"{where}[{absent[0]}]: missing field 'segmentation' (needed to evaluate masks, IoU type segm; evaluate boxes with IoU type bbox)")
         check_segmentations(segs, where, hw, img)
     if missing:
         warnings.append(
