@@ -249,13 +249,10 @@ def read_image_or_blank(es: EvalSet, image_index: int) -> tuple[np.ndarray, bool
 def _dashed_rect(img: np.ndarray, p1, p2, color, thick: int, dash: int) -> None:
     import cv2
 
-    (x1, y1), (x2, y2) = p1, p2
-    for a, b, horizontal, fixed in ((x1, x2, True, y1), (x1, x2, True, y2),
-                                    (y1, y2, False, x1), (y1, y2, False, x2)):
-        for s in range(a, max(a + 1, b), 2 * dash):
-            e = min(s + dash, b)
-            q1, q2 = ((s, fixed), (e, fixed)) if horizontal else ((fixed, s), (fixed, e))
-            cv2.line(img, q1, q2, color, thick)
+    from detseg.eval.drawing import dash_segments  # cv2 only when drawing (see view_outlines)
+
+    seg, _ = dash_segments(np.array([[*p1, *p2]], np.float64), dash)
+    cv2.polylines(img, list(seg), False, color, thick)
 
 
 def view_outlines(es: EvalSet, run: int, view: browse.ImageView
