@@ -51,64 +51,44 @@ def segmentation_outlines(seg: object, h: int, w: int, tolerance: float = 0.0) -
 def _counts(counts: object) -> np.ndarray | None:
     """RLE run lengths (0s first, column-major) from a list or a compressed COCO string;
     None when the string is not valid compressed RLE (the eval loader reports such records).
-
-    A compressed count is 5-bit groups, low first, bit 0x20 = "more follows", bit 0x10 of the
-    last group the sign; from the fourth count on each is stored as the difference to the
-    count two before it (pycocotools' ``rleFrString``).
     """
     if isinstance(counts, (list, np.ndarray)):
         return np.asarray(counts, np.int64)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii", "replace")
-    if not isinstance(counts, bytes):
-        return None
-    c = np.frombuffer(counts, np.uint8) - np.uint8(48)
-    if not c.size:
-        return np.zeros(0, np.int64)
-    if (c > 63).any() or c[-1] & 0x20:
-        return None
-    last = np.flatnonzero(c < 32)  # the last character of each count
-    first = np.concatenate([[0], last[:-1] + 1])
-    k = np.arange(c.size) - np.repeat(first, last - first + 1)
-    x = np.add.reduceat((c & 0x1F).astype(np.int64) << (5 * k), first)
-    neg = (c[last] & 0x10) != 0
-    x[neg] -= np.int64(1) << (5 * (last[neg] - first[neg] + 1))
-    x[2::2] = np.cumsum(x[2::2])
-    x[1::2] = np.cumsum(x[1::2])
-    return x
+    if isinstance(counts, (str, bytes)):
+        return counts_many([counts])[0]
+    return None
 
 
 def counts_many(counts: list) -> list[np.ndarray | None]:
-    """`_counts` of many RLE ``counts`` fields at once: compressed strings are decoded in one
-    vectorised pass (per string, the numpy calls cost more than the decoding). The result
-    can stand in for the fields: ``{"size": ..., "counts": <array>}`` is accepted by
-    `segmentation_outlines`."""
+    """`_counts` of many RLE ``counts`` fields at once: compressed strings are parsed in one
+    vectorised pass (`rle._decode`, the loader's checker), then each count from the fourth on,
+    stored as its difference to the count two before it (pycocotools' ``rleFrString``), is
+    summed back per string. The result can stand in for the fields: ``{"size": ...,
+    "counts": <array>}`` is accepted by `segmentation_outlines`."""
+    from detseg.eval.rle import _decode
+
     strings = [c.encode("ascii", "replace") if isinstance(c, str) else c for c in counts]
-    if not strings or not all(isinstance(b, bytes) and b for b in strings):
-        return [_counts(c) for c in counts]
+    if not strings:
+        return []
+    if not all(isinstance(b, bytes) for b in strings):
+        return [_counts(c) for c in counts]  # lists or arrays among them: one by one
     lens = np.array([len(b) for b in strings], np.int64)
     c = np.frombuffer(b"".join(strings), np.uint8) - np.uint8(48)
-    ends = np.cumsum(lens)
-    if (c > 63).any() or (c[ends - 1] & 0x20).any():
-        return [_counts(b) for b in strings]  # some string is bad: find which, one by one
-    last = np.flatnonzero(c < 32)  # every string ends a count, so no count spans two strings
-    first = np.concatenate([[0], last[:-1] + 1])
-    k = np.arange(c.size) - np.repeat(first, last - first + 1)
-    x = np.add.reduceat((c & 0x1F).astype(np.int64) << (5 * k), first)
-    neg = (c[last] & 0x10) != 0
-    x[neg] -= np.int64(1) << (5 * (last[neg] - first[neg] + 1))
-    sid = np.searchsorted(ends, last, "right")  # the string of each count
-    start = np.searchsorted(sid, np.arange(lens.size))  # its first count
+    bad, _, x, ntok = _decode(c, lens)
+    if bad >= 0:  # some string is bad: find which, one by one
+        return [None] if len(strings) == 1 else [counts_many([b])[0] for b in strings]
+    start = np.cumsum(ntok) - ntok  # each string's first count
+    sid = np.repeat(np.arange(lens.size), ntok)
     pos = np.arange(x.size) - start[sid]
-    # undo the differences: a running sum per (string, parity), from position 1 (odd) and 2
+    # a running sum per (string, parity), from position 1 (odd) and 2 (even)
     sel = np.flatnonzero(pos >= 1)
-    group = sid[sel] * 2 + pos[sel] % 2
-    order = sel[np.argsort(group, kind="stable")]
+    if not sel.size:  # no string has a second count
+        return np.split(x, start[1:])
+    order = sel[np.argsort(sid[sel] * 2 + pos[sel] % 2, kind="stable")]
     g_sorted = sid[order] * 2 + pos[order] % 2
     cs = np.cumsum(x[order])
     head = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
-    offset = np.repeat(cs[head] - x[order][head], np.diff(np.r_[head, order.size]))
-    x[order] = cs - offset
+    x[order] = cs - np.repeat(cs[head] - x[order][head], np.diff(np.r_[head, order.size]))
     return np.split(x, start[1:])
 
 

@@ -37,20 +37,30 @@ def _wait_text_change(page, elem_id: str, before: str) -> str:
     return _text(page, elem_id)
 
 
+def _new_page(browser, height: int):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+def _open(page, url: str) -> None:
+    """The page, opened on the Evaluate tab filled from --gt/--pred (11 COCO images)."""
+    page.goto(url)
+    page.get_by_text("11 images, all found on disk").first.wait_for()
+
+
 def _choose(page, elem_id: str, value: str) -> None:
     page.locator(f"#{elem_id} input").click()
     page.get_by_role("option", name=value, exact=True).click()
 
 
 def test_open_filter_browse_and_compare(eval_served, evalset, browser) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1600})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = _new_page(browser, 1600)
     shot = "evaluate_open.png"
     try:
-        page.goto(eval_served)
         # the page opens on the Evaluate tab, filled from --gt/--pred
-        page.get_by_text("11 images, all found on disk").first.wait_for()
+        _open(page, eval_served)
         page.locator("#eval-position").get_by_text("Image 1 of").wait_for()
         _loaded(page, "eval-view-a")
         _loaded(page, "eval-view-b")
@@ -99,12 +109,9 @@ def test_open_filter_browse_and_compare(eval_served, evalset, browser) -> None:
 
 
 def test_upload_files_in_the_page(eval_served, files, browser) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = _new_page(browser, 1400)
     try:
-        page.goto(eval_served)
-        page.get_by_text("11 images, all found on disk").first.wait_for()
+        _open(page, eval_served)
         page.get_by_text("Evaluate results files").click()  # the accordion
         page.locator("#eval-gt input[type=file]").set_input_files(str(files["syn_gt"]))
         page.locator("#eval-a input[type=file]").set_input_files(str(files["syn_res"]))
@@ -137,13 +144,10 @@ def _no_error_markers(page) -> None:
 
 
 def test_iou_threshold_and_a_refused_upload(eval_served, evalset, browser, tmp_path) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1600})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = _new_page(browser, 1600)
     shot = "evaluate_iou.png"
     try:
-        page.goto(eval_served)
-        page.get_by_text("11 images, all found on disk").first.wait_for()
+        _open(page, eval_served)
         page.locator("#eval-position").get_by_text("Image 1 of").wait_for()
         note = _text(page, "eval-list-note")
         assert "at IoU 0.50" in note
@@ -248,12 +252,9 @@ def test_segm_evaluation_shows_mask_outlines(segm_served, browser) -> None:
     from detseg.serve import evalset as es_mod
 
     url, es = segm_served
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1600})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = _new_page(browser, 1600)
     try:
-        page.goto(url)
-        page.get_by_text("11 images, all found on disk").first.wait_for()
+        _open(page, url)
         assert "(segm)" in _text(page, "eval-summary")
         page.locator("#eval-position").get_by_text("Image 1 of").wait_for()
         _loaded(page, "eval-view-a")
